@@ -14,13 +14,17 @@
 
 pub mod anomaly;
 pub mod dataset;
+pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod gaussian;
 pub mod imageio;
+pub mod inspector;
 pub mod meta;
 pub mod metrics;
 pub mod preprocess;
+pub mod report;
 pub mod synth;
 pub mod threshold;
 pub mod tiling;

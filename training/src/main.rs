@@ -1,1 +1,53 @@
-fn main() {}
+//! `fabric-train`: train the residual reverse distillation student, summarise and export models.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fabric-train",
+    version,
+    about = "Train and export fabric anomaly models"
+)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print trainable parameters and MACs per 256×256 patch, per part.
+    Summary(cmd::summary::Args),
+    /// Train a student on defect-free images.
+    Train(cmd::train::Args),
+    /// Export a trained run (or an untrained model) to ONNX + model.yaml.
+    Export(cmd::export::Args),
+    /// Time one training step per part.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging(&cli.log);
+    let ctx = cmd::Ctx { quiet: cli.quiet };
+    let result = match cli.command {
+        Command::Summary(a) => cmd::summary::run(a, &ctx),
+        Command::Train(a) => cmd::train::run(a, &ctx),
+        Command::Export(a) => cmd::export::run(a, &ctx),
+        Command::Bench(a) => cmd::bench::run(a, &ctx),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

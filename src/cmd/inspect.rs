@@ -1,0 +1,142 @@
+//! `fabric-inspect inspect`: score images or folders, one JSON line per image.
+
+use super::{collect_images, Ctx, ModelArgs};
+use anyhow::Context;
+use fabric_inspect::imageio::load_rgb;
+use fabric_inspect::inspector::Inspector;
+use fabric_inspect::report::{error_json_line, heatmap_overlay, write_png, ImageReport};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Arguments of `fabric-inspect inspect`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image files or folders (searched recursively for png, jpg, jpeg, bmp, tif, tiff).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Folder for one heatmap overlay PNG per image (created if missing).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Decision threshold for this run (default: the model's).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Write the JSON lines to this file instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs the subcommand; exit code 1 when an input could not be inspected.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let options = args.model.options(args.threshold)?;
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    }
+    let inspector = Inspector::load(&args.model.model, options)
+        .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
+    let (files, bad) = collect_images(&args.inputs);
+
+    let mut lines: Vec<String> = Vec::new();
+    let mut failed = 0usize;
+    let mut defects = 0usize;
+    let stdout = std::io::stdout();
+    let emit = |line: String, lines: &mut Vec<String>| {
+        if args.json.is_some() {
+            lines.push(line);
+        } else {
+            let mut out = stdout.lock();
+            let _ = writeln!(out, "{line}");
+        }
+    };
+    for (path, why) in &bad {
+        eprintln!("error: {}: {why}", path.display());
+        emit(error_json_line(path, why), &mut lines);
+        failed += 1;
+    }
+
+    let pb = ctx.progress(files.len() as u64, "inspect");
+    let mut used_names = HashSet::new();
+    for path in &files {
+        pb.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        match inspect_one(&inspector, path, args.out.as_deref(), &mut used_names) {
+            Ok(report) => {
+                if report.verdict == fabric_inspect::inspector::Verdict::Defect {
+                    defects += 1;
+                }
+                emit(report.to_json_line(), &mut lines);
+            }
+            Err(e) => {
+                pb.suspend(|| eprintln!("error: {e}"));
+                emit(error_json_line(path, &e.to_string()), &mut lines);
+                failed += 1;
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    if let Some(json) = &args.json {
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        fabric_inspect::fsutil::atomic_write(json, text.as_bytes())?;
+    }
+    tracing::info!(
+        images = files.len(),
+        defects,
+        failed,
+        provider = %inspector.provider(),
+        "inspection finished"
+    );
+    Ok(if failed > 0 {
+        eprintln!("error: {failed} input(s) could not be inspected");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn inspect_one(
+    inspector: &Inspector,
+    path: &Path,
+    out: Option<&Path>,
+    used_names: &mut HashSet<String>,
+) -> fabric_inspect::Result<ImageReport> {
+    let start = Instant::now();
+    let img = load_rgb(path, inspector.options().max_pixels)?;
+    let inspection = inspector.inspect_image(&img)?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut report = ImageReport::new(path, &inspection, ms);
+    if let Some(out) = out {
+        let overlay = heatmap_overlay(&img, &inspection.map, inspection.threshold);
+        let target = out.join(unique_name(path, used_names));
+        write_png(&target, &overlay)?;
+        report.heatmap = Some(target.display().to_string());
+    }
+    Ok(report)
+}
+
+/// `<stem>_heatmap.png`, with `-2`, `-3`, … when inputs from different folders share a name.
+fn unique_name(path: &Path, used: &mut HashSet<String>) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let mut name = format!("{stem}_heatmap.png");
+    let mut k = 2;
+    while !used.insert(name.clone()) {
+        name = format!("{stem}-{k}_heatmap.png");
+        k += 1;
+    }
+    name
+}

@@ -1,0 +1,373 @@
+//! The run folder written by `fabric-train train --out RUN_DIR`, and how to read it back.
+//!
+//! Layout (every file written atomically, so a crash leaves the previous version):
+//!
+//! | file | content |
+//! |---|---|
+//! | `config.yaml` | the [`TrainConfig`] of the run (includes the seed) |
+//! | `split.yaml` | the [`Split`]: seed and the training / validation source images |
+//! | `best.safetensors` | student variables of the epoch with the lowest validation loss: weights and BatchNorm running statistics, named as the student's `VarBuilder` paths |
+//! | `last.safetensors` | student variables after the last finished epoch, plus Adam's moments `adam.m.<var>` / `adam.v.<var>` (for `--resume`) |
+//! | `state.yaml` | [`TrainState`]: epochs done, Adam steps, learning rate, plateau and early-stop counters, best epoch and loss, the loss curve, teacher weights id |
+//! | `curve.csv` | `epoch,train_loss,val_loss,lr,seconds,best`, one row per epoch (losses are means per tile; `lr` is the rate the epoch trained with) |
+//! | `stats.yaml` | [`RunStats`]: validation score statistics of the best checkpoint (no blur, scored as inference), the default threshold, σ and the per-image scores; written when training ends |
+//!
+//! To rebuild the trained model (e.g. for ONNX export): [`load_config`], then
+//! [`crate::trainer::build_model`] with that config, then [`load_best_into`]; or
+//! [`load_model`], which does all three.
+
+use crate::config::{ConfigError, TrainConfig};
+use crate::data::Split;
+use crate::model::Rrd;
+use crate::trainer::{build_model, Adam, Plateau};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use fabric_inspect::fsutil::atomic_write;
+use fabric_inspect::threshold::ScoreStats;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// File names inside a run folder.
+pub mod files {
+    /// Training config.
+    pub const CONFIG: &str = "config.yaml";
+    /// Training / validation split.
+    pub const SPLIT: &str = "split.yaml";
+    /// Best student weights.
+    pub const BEST: &str = "best.safetensors";
+    /// Last-epoch student weights and optimiser moments.
+    pub const LAST: &str = "last.safetensors";
+    /// Resumable training state.
+    pub const STATE: &str = "state.yaml";
+    /// Loss curve.
+    pub const CURVE: &str = "curve.csv";
+    /// Validation score statistics and threshold.
+    pub const STATS: &str = "stats.yaml";
+}
+
+/// Errors of reading or writing a run folder.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file could not be read, written or parsed.
+    #[error("run folder {path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    /// The folder already holds a run and `--resume` was not given.
+    #[error(
+        "run folder {0} already holds a training run; pass --resume to continue it or choose another --out"
+    )]
+    Exists(PathBuf),
+    /// `--resume` with a config that differs from the run's own in more than `max_epochs`,
+    /// `early_stop` or `threads`.
+    #[error("run folder {0}: the config differs from the run's config.yaml in more than max_epochs, early_stop or threads; resume with the same config")]
+    ConfigChanged(PathBuf),
+    /// The stored config is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+fn file_err(path: &Path, msg: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::File {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// One row of the loss curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurveRow {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss per tile.
+    pub train_loss: f64,
+    /// Mean validation loss per tile.
+    pub val_loss: f64,
+    /// Learning rate the epoch trained with.
+    pub lr: f64,
+    /// Wall time of the epoch (training and validation).
+    pub seconds: f64,
+    /// Whether this epoch gave a new best checkpoint.
+    pub best: bool,
+}
+
+/// Everything `--resume` needs besides the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Adam steps taken.
+    pub steps: u64,
+    /// Learning rate for the next epoch.
+    pub lr: f64,
+    /// Reduce-on-plateau state.
+    pub plateau: Plateau,
+    /// Best validation loss so far (infinite before the first epoch).
+    pub best_val_loss: f64,
+    /// Epoch of `best_val_loss`.
+    pub best_epoch: usize,
+    /// Epochs since the best one (early stop counter).
+    pub bad_epochs: usize,
+    /// Whether early stopping or `max_epochs` ended the training loop (a resume with a
+    /// higher `max_epochs` continues a run that hit the old limit).
+    pub finished_training: bool,
+    /// The seed of the run.
+    pub seed: u64,
+    /// SHA-256 of the teacher weight file, or `random`.
+    pub teacher_weights: String,
+    /// The loss curve so far.
+    pub curve: Vec<CurveRow>,
+}
+
+impl TrainState {
+    /// The state before the first epoch.
+    pub fn new(cfg: &TrainConfig, teacher_weights: String) -> Self {
+        let p = &cfg.plateau;
+        Self {
+            epoch: 0,
+            steps: 0,
+            lr: cfg.optimizer.lr,
+            plateau: Plateau::new(p.factor, p.patience, p.threshold, p.min_lr),
+            best_val_loss: f64::INFINITY,
+            best_epoch: 0,
+            bad_epochs: 0,
+            finished_training: false,
+            seed: cfg.seed,
+            teacher_weights,
+            curve: Vec::new(),
+        }
+    }
+}
+
+/// Validation statistics of the trained model (`stats.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// σ of the Gaussian smoothing used for scoring.
+    pub sigma: f32,
+    /// Statistics of the validation normals' image scores.
+    pub stats: ScoreStats,
+    /// Default threshold: max(mean + 4·std, max).
+    pub threshold: f32,
+    /// Score of every validation image.
+    pub scores: Vec<ImageScore>,
+    /// Epoch of the checkpoint that was scored.
+    pub best_epoch: usize,
+    /// Its validation loss.
+    pub best_val_loss: f64,
+}
+
+/// The score of one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageScore {
+    /// Image file.
+    pub path: PathBuf,
+    /// Maximum of its smoothed anomaly map.
+    pub score: f32,
+}
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+fn write_yaml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_yaml::to_string(value).map_err(|e| file_err(path, e))?;
+    atomic_write(path, text.as_bytes()).map_err(|e| file_err(path, e))
+}
+
+fn read_yaml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    serde_yaml::from_str(&text).map_err(|e| file_err(path, e))
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let bytes = safetensors::tensor::serialize(refs, None).map_err(|e| file_err(path, e))?;
+    atomic_write(path, &bytes).map_err(|e| file_err(path, e))
+}
+
+fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device).map_err(|e| file_err(path, e))
+}
+
+/// The student's variables as named tensors, sorted by name.
+pub fn student_tensors(varmap: &VarMap) -> Vec<(String, Tensor)> {
+    crate::trainer::sorted_vars(varmap)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect()
+}
+
+/// Sets every variable of `varmap` from `tensors`; a missing or misshapen tensor is an
+/// error naming it (`origin` names the run folder in the message).
+pub fn load_into(varmap: &VarMap, tensors: &HashMap<String, Tensor>, origin: &Path) -> Result<()> {
+    for (name, var) in crate::trainer::sorted_vars(varmap) {
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| file_err(origin, format!("checkpoint lacks tensor {name}")))?;
+        if t.dims() != var.dims() {
+            return Err(file_err(
+                origin,
+                format!(
+                    "tensor {name}: expected shape {:?}, found {:?}",
+                    var.dims(),
+                    t.dims()
+                ),
+            ));
+        }
+        var.set(t)
+            .map_err(|e| file_err(origin, format!("tensor {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+impl RunDir {
+    /// Opens `root`, creating it when missing.
+    pub fn create(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| file_err(root, e))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing run folder.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join(files::CONFIG).is_file() {
+            return Err(file_err(
+                root,
+                format!("no {} (not a run folder)", files::CONFIG),
+            ));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Path of a file in the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Writes `config.yaml`.
+    pub fn write_config(&self, cfg: &TrainConfig) -> Result<()> {
+        let p = self.path(files::CONFIG);
+        atomic_write(&p, cfg.to_yaml().as_bytes()).map_err(|e| file_err(&p, e))
+    }
+
+    /// Reads and validates `config.yaml`.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        Ok(TrainConfig::load(&self.path(files::CONFIG))?)
+    }
+
+    /// Writes `split.yaml`.
+    pub fn write_split(&self, split: &Split) -> Result<()> {
+        write_yaml(&self.path(files::SPLIT), split)
+    }
+
+    /// Reads `split.yaml`.
+    pub fn read_split(&self) -> Result<Split> {
+        read_yaml(&self.path(files::SPLIT))
+    }
+
+    /// Writes `state.yaml`.
+    pub fn write_state(&self, state: &TrainState) -> Result<()> {
+        write_yaml(&self.path(files::STATE), state)
+    }
+
+    /// Reads `state.yaml` when it exists.
+    pub fn read_state_opt(&self) -> Result<Option<TrainState>> {
+        let p = self.path(files::STATE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        read_yaml(&p).map(Some)
+    }
+
+    /// Writes `best.safetensors`.
+    pub fn write_best(&self, varmap: &VarMap) -> Result<()> {
+        write_tensors(&self.path(files::BEST), &student_tensors(varmap))
+    }
+
+    /// Reads `best.safetensors`.
+    pub fn read_best(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        read_tensors(&self.path(files::BEST), device)
+    }
+
+    /// Writes `last.safetensors` (student variables and Adam moments).
+    pub fn write_last(&self, varmap: &VarMap, adam: &Adam, device: &Device) -> Result<()> {
+        let p = self.path(files::LAST);
+        let mut t = student_tensors(varmap);
+        t.extend(adam.state_tensors(device).map_err(|e| file_err(&p, e))?);
+        write_tensors(&p, &t)
+    }
+
+    /// Reads `last.safetensors`.
+    pub fn read_last(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        read_tensors(&self.path(files::LAST), device)
+    }
+
+    /// Writes `curve.csv`.
+    pub fn write_curve(&self, rows: &[CurveRow]) -> Result<()> {
+        let mut s = String::from("epoch,train_loss,val_loss,lr,seconds,best\n");
+        for r in rows {
+            s.push_str(&format!(
+                "{},{:.6},{:.6},{:e},{:.2},{}\n",
+                r.epoch, r.train_loss, r.val_loss, r.lr, r.seconds, r.best as u8
+            ));
+        }
+        let p = self.path(files::CURVE);
+        atomic_write(&p, s.as_bytes()).map_err(|e| file_err(&p, e))
+    }
+
+    /// Writes `stats.yaml`.
+    pub fn write_stats(&self, stats: &RunStats) -> Result<()> {
+        write_yaml(&self.path(files::STATS), stats)
+    }
+
+    /// Reads `stats.yaml`.
+    pub fn read_stats(&self) -> Result<RunStats> {
+        read_yaml(&self.path(files::STATS))
+    }
+}
+
+/// Reads the config of the run in `dir`.
+pub fn load_config(dir: &Path) -> Result<TrainConfig> {
+    RunDir::open(dir)?.read_config()
+}
+
+/// Reads the best student weights of the run in `dir`.
+pub fn load_student_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    RunDir::open(dir)?.read_best(device)
+}
+
+/// Reads the validation statistics and threshold of the run in `dir`.
+pub fn load_stats(dir: &Path) -> Result<RunStats> {
+    RunDir::open(dir)?.read_stats()
+}
+
+/// Reads the training state of the run in `dir` (seed, teacher weights id, curve).
+pub fn load_state(dir: &Path) -> Result<TrainState> {
+    RunDir::open(dir)?
+        .read_state_opt()?
+        .ok_or_else(|| file_err(dir, format!("no {}", files::STATE)))
+}
+
+/// Sets the student variables of `model` to the run's best checkpoint.
+pub fn load_best_into(model: &Rrd, dir: &Path, device: &Device) -> Result<()> {
+    let t = load_student_weights(dir, device)?;
+    load_into(&model.varmap, &t, dir)
+}
+
+/// Rebuilds the trained model of the run in `dir`: teacher from the config, student with
+/// the best checkpoint's weights.
+pub fn load_model(
+    dir: &Path,
+    device: &Device,
+) -> Result<(TrainConfig, Rrd), crate::trainer::TrainError> {
+    let cfg = load_config(dir)?;
+    let model = build_model(&cfg, device)?;
+    load_best_into(&model, dir, device)?;
+    Ok((cfg, model))
+}

@@ -1,0 +1,185 @@
+//! Tiny training runs on a synthetic category: the loss falls, runs are bit-identical for a
+//! seed, a resumed run equals an uninterrupted one, the best checkpoint loads back and
+//! scores as stored, and an unreadable image is skipped.
+
+use candle_core::Device;
+use fabric_train::checkpoint::{self, files, load_model};
+use fabric_train::config::TrainConfig;
+use fabric_train::data;
+use fabric_train::trainer::{score_images, train, TrainOptions};
+use std::path::{Path, PathBuf};
+
+/// Writes an MVTec-layout category of `n` woven-looking 128×64 grey images (plus one
+/// corrupt file) under `dir`.
+fn synthetic_category(dir: &Path, n: usize) -> PathBuf {
+    let root = dir.join("cloth");
+    let good = root.join("train").join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    for k in 0..n {
+        let img = image::GrayImage::from_fn(128, 64, |x, y| {
+            let warp = ((x as f32 * 0.9 + k as f32).sin() * 40.0) as i32;
+            let weft = ((y as f32 * 1.3).cos() * 30.0) as i32;
+            let noise = ((x * 7919 + y * 104_729 + k as u32 * 31) % 23) as i32;
+            image::Luma([(128 + warp + weft + noise).clamp(0, 255) as u8])
+        });
+        img.save(good.join(format!("{k:03}.png"))).unwrap();
+    }
+    std::fs::write(good.join("999_corrupt.png"), b"not a png at all").unwrap();
+    root
+}
+
+fn tiny_config(root: PathBuf, epochs: usize, seed: u64) -> TrainConfig {
+    let mut cfg = TrainConfig::with_roots(vec![root]);
+    cfg.teacher_weights = Some("random".into());
+    cfg.image_size = 64;
+    cfg.max_epochs = epochs;
+    cfg.seed = seed;
+    cfg
+}
+
+fn quiet() -> TrainOptions {
+    TrainOptions {
+        resume: false,
+        quiet: true,
+    }
+}
+
+fn read(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn tiny_run_lowers_loss_and_writes_the_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 6);
+    let out = tmp.path().join("run");
+    let summary = train(&tiny_config(root, 3, 1), &out, &quiet()).unwrap();
+    for f in [
+        files::CONFIG,
+        files::SPLIT,
+        files::BEST,
+        files::LAST,
+        files::STATE,
+        files::CURVE,
+        files::STATS,
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let state = checkpoint::load_state(&out).unwrap();
+    assert_eq!(state.curve.len(), 3);
+    let first = state.curve[0].train_loss;
+    let last = state.curve[2].train_loss;
+    assert!(last < first, "training loss did not fall: {first} → {last}");
+    let csv = std::fs::read_to_string(out.join(files::CURVE)).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.starts_with("epoch,train_loss,val_loss,lr,seconds,best"));
+
+    // The corrupt file was skipped, not fatal: 6 readable images, split 4/2 (round(6·0.3)=2).
+    let split = checkpoint::RunDir::open(&out)
+        .unwrap()
+        .read_split()
+        .unwrap();
+    assert_eq!(split.train.len() + split.val.len(), 7);
+    let stats = checkpoint::load_stats(&out).unwrap();
+    let readable_val = split
+        .val
+        .iter()
+        .filter(|p| !p.to_string_lossy().contains("corrupt"))
+        .count();
+    assert_eq!(stats.stats.count, readable_val);
+    assert!(stats.threshold >= stats.stats.max);
+    assert_eq!(summary.best_epoch, state.best_epoch);
+}
+
+#[test]
+fn best_checkpoint_loads_back_and_scores_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 6);
+    let out = tmp.path().join("run");
+    train(&tiny_config(root, 2, 3), &out, &quiet()).unwrap();
+
+    let dev = Device::Cpu;
+    let (cfg, model) = load_model(&out, &dev).unwrap();
+    let loaded = data::load(&cfg).unwrap();
+    let scores = score_images(&model, loaded.val_for_scoring(), cfg.input_mode, 8, &dev).unwrap();
+    let stored = checkpoint::load_stats(&out).unwrap();
+    let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
+    assert_eq!(scores, stored);
+}
+
+#[test]
+fn same_seed_gives_bit_identical_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 5);
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    train(&tiny_config(root.clone(), 2, 11), &a, &quiet()).unwrap();
+    train(&tiny_config(root.clone(), 2, 11), &b, &quiet()).unwrap();
+    train(&tiny_config(root, 2, 12), &c, &quiet()).unwrap();
+    assert!(read(a.join(files::BEST)) == read(b.join(files::BEST)));
+    assert!(read(a.join(files::LAST)) == read(b.join(files::LAST)));
+    assert!(read(a.join(files::BEST)) != read(c.join(files::BEST)));
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 5);
+    let whole = tmp.path().join("whole");
+    let parts = tmp.path().join("parts");
+    train(&tiny_config(root.clone(), 3, 5), &whole, &quiet()).unwrap();
+
+    // A run that stopped after one epoch, then resumed up to three.
+    train(&tiny_config(root.clone(), 1, 5), &parts, &quiet()).unwrap();
+    let again = train(&tiny_config(root.clone(), 1, 5), &parts, &quiet());
+    assert!(again.unwrap_err().to_string().contains("--resume"));
+    let resume = TrainOptions {
+        resume: true,
+        quiet: true,
+    };
+    let mut changed = tiny_config(root.clone(), 3, 5);
+    changed.optimizer.lr = 0.1;
+    let e = train(&changed, &parts, &resume).unwrap_err().to_string();
+    assert!(e.contains("config differs"), "{e}");
+    train(&tiny_config(root, 3, 5), &parts, &resume).unwrap();
+
+    assert!(read(whole.join(files::LAST)) == read(parts.join(files::LAST)));
+    assert!(read(whole.join(files::BEST)) == read(parts.join(files::BEST)));
+    let (sw, sp) = (
+        checkpoint::load_state(&whole).unwrap(),
+        checkpoint::load_state(&parts).unwrap(),
+    );
+    let losses = |s: &checkpoint::TrainState| {
+        s.curve
+            .iter()
+            .map(|r| (r.train_loss, r.val_loss, r.lr))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&sw), losses(&sp));
+    assert_eq!(sw.steps, sp.steps);
+}
+
+#[test]
+fn real_fabric_strips_cut_into_sixteen_tiles() {
+    let Some(data) = std::env::var_os("FABRIC_DATA")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+    else {
+        eprintln!("skipping real_fabric_strips_cut_into_sixteen_tiles: FABRIC_DATA not set");
+        return;
+    };
+    let root = data.join("aitex").join("fabric00");
+    let mut cfg = TrainConfig::with_roots(vec![root]);
+    cfg.limit = Some(3);
+    cfg.blur.enabled = false;
+    let d = data::load(&cfg).unwrap();
+    for s in d.train.sources.iter().chain(&d.val.sources) {
+        assert_eq!((s.width, s.height), (4096, 256), "{}", s.path.display());
+        assert_eq!(s.tiles.len(), 16, "{}", s.path.display());
+    }
+    assert_eq!(d.train.sources.len() + d.val.sources.len(), 3);
+    assert!(d.val_clean.is_none());
+}
