@@ -272,6 +272,12 @@ impl Inspector {
         self.engine.provider()
     }
 
+    /// The teacher and student sessions (e.g. to time the network alone on a prepared
+    /// batch).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Threshold in use (the override, else the model's).
     pub fn threshold(&self) -> f32 {
         self.options.threshold.unwrap_or(self.meta.threshold)

@@ -13,6 +13,7 @@
 //! layout, anomaly-map scoring, metrics) live here once; the trainer depends on this crate.
 
 pub mod anomaly;
+pub mod bench;
 pub mod dataset;
 pub mod engine;
 pub mod error;

@@ -87,7 +87,9 @@ pub fn colour(t: f32) -> [u8; 3] {
 
 /// The image with the map blended over it: the colour scale runs from 0 to
 /// `max(threshold, map maximum)`, so a defect-free image stays cool and the threshold is
-/// red. `map` is resampled to the image's size when it differs (resize mode).
+/// red. A model without a usable threshold (an untrained export stores `f32::MAX`) is
+/// scaled to the map maximum. `map` is resampled to the image's size when it differs
+/// (resize mode).
 pub fn heatmap_overlay(img: &RgbImage, map: &AnomalyMap, threshold: f32) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let resized;
@@ -98,6 +100,11 @@ pub fn heatmap_overlay(img: &RgbImage, map: &AnomalyMap, threshold: f32) -> RgbI
         &resized
     };
     let (peak, _) = map.peak();
+    let threshold = if threshold.is_finite() && threshold < f32::MAX {
+        threshold
+    } else {
+        0.0
+    };
     let top = peak.max(threshold).max(f32::MIN_POSITIVE);
     let mut out = img.clone();
     out.as_mut()

@@ -63,7 +63,10 @@ fn maps_and_scores_match_the_reference() {
         let img = load_rgb(&fixture().join(&g.image), 1 << 30).unwrap();
         let r = inspector.inspect_image(&img).unwrap();
         assert_eq!((r.width, r.height), (g.width, g.height));
-        assert_eq!((r.map.width, r.map.height), (g.width as usize, g.height as usize));
+        assert_eq!(
+            (r.map.width, r.map.height),
+            (g.width as usize, g.height as usize)
+        );
         let tol = 1e-4 * g.score;
         assert!(
             (r.score - g.score).abs() <= tol,
@@ -81,7 +84,11 @@ fn maps_and_scores_match_the_reference() {
                 k += 1;
             }
         }
-        assert!(worst <= tol, "{}: map differs by {worst} (tolerance {tol})", g.image);
+        assert!(
+            worst <= tol,
+            "{}: map differs by {worst} (tolerance {tol})",
+            g.image
+        );
         let at_ref_peak = r.map.data[g.peak[1] * r.map.width + g.peak[0]];
         assert!(
             (at_ref_peak - r.score).abs() <= tol,
@@ -130,7 +137,10 @@ fn threshold_override_flips_the_verdict() {
     let img = load_rgb(&fixture().join("frame_256x256.png"), 1 << 30).unwrap();
     let mut o = options(8);
     o.threshold = Some(1e-6);
-    let r = Inspector::load(&fixture(), o).unwrap().inspect_image(&img).unwrap();
+    let r = Inspector::load(&fixture(), o)
+        .unwrap()
+        .inspect_image(&img)
+        .unwrap();
     assert!(r.is_defective);
     assert_eq!(r.verdict, Verdict::Defect);
     assert_eq!(r.threshold, 1e-6);
@@ -162,7 +172,8 @@ fn thin_and_tiny_images_are_padded_not_refused() {
     }
     let inspector = Inspector::load(&fixture(), options(32)).unwrap();
     for (w, h) in [(1, 1), (700, 3), (5, 260)] {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 90]));
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 90]));
         let r = inspector.inspect_image(&img).unwrap();
         assert_eq!(r.map.data.len(), (w * h) as usize);
         assert!(r.score.is_finite());
@@ -173,9 +184,13 @@ fn thin_and_tiny_images_are_padded_not_refused() {
 #[test]
 fn model_folder_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Inspector::load(dir.path(), options(4)).unwrap_err().to_string();
+    let e = Inspector::load(dir.path(), options(4))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model.yaml"), "{e}");
     std::fs::copy(fixture().join("model.yaml"), dir.path().join("model.yaml")).unwrap();
-    let e = Inspector::load(dir.path(), options(4)).unwrap_err().to_string();
+    let e = Inspector::load(dir.path(), options(4))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("teacher.onnx"), "{e}");
 }

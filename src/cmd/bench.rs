@@ -1,12 +1,111 @@
-//! `fabric-inspect bench`.
+//! `fabric-inspect bench`: the network's time per patch at several batch sizes and a
+//! whole frame's time per stage, with medians and spreads, as a table and as JSON.
 
+use super::{Ctx, ModelArgs};
+use anyhow::Context;
+use fabric_inspect::bench::{render_table, run_bench, BenchOptions, FrameSource};
+use fabric_inspect::fsutil::atomic_write;
+use fabric_inspect::imageio::load_rgb;
+use fabric_inspect::inspector::Inspector;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `fabric-inspect bench`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch sizes of the network table, comma-separated (empty: no network table).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,32")]
+    batches: Vec<usize>,
+    /// Size of the synthetic frame timed through the whole pipeline, WIDTHxHEIGHT
+    /// (`none` skips the frame).
+    #[arg(long, default_value = "3072x2048", conflicts_with = "image")]
+    frame: String,
+    /// Time this image instead of a synthetic frame.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Timed runs per measurement.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Untimed runs before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Seed of the random tiles and the synthetic frame.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
 
-/// Runs the subcommand; the exit code says whether every input succeeded.
-pub fn run(_args: Args, _ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`bench` is not available in this build yet")
+fn parse_frame(s: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (w, h) = s
+        .split_once(['x', 'X', '×'])
+        .with_context(|| format!("--frame `{s}`: expected WIDTHxHEIGHT, e.g. 3072x2048"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .with_context(|| format!("--frame `{s}`: bad width"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .with_context(|| format!("--frame `{s}`: bad height"))?;
+    anyhow::ensure!(w >= 1 && h >= 1, "--frame `{s}`: sides must be positive");
+    Ok(Some((w, h)))
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(
+        args.batches.iter().all(|&b| b >= 1),
+        "--batches: every batch size must be at least 1"
+    );
+    let frame = match &args.image {
+        Some(path) => Some(FrameSource::Image {
+            image: load_rgb(path, args.model.max_pixels)
+                .with_context(|| format!("cannot read frame {}", path.display()))?,
+            label: path.display().to_string(),
+        }),
+        None => parse_frame(&args.frame)?
+            .map(|(width, height)| FrameSource::Synthetic { width, height }),
+    };
+    let options = args.model.options(None)?;
+    let inspector = Inspector::load(&args.model.model, options)
+        .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
+    let bench = BenchOptions {
+        batches: args.batches.clone(),
+        frame,
+        runs: args.runs,
+        warmup: args.warmup,
+        seed: args.seed,
+    };
+    let report = run_bench(&inspector, &bench)?;
+    print!("{}", render_table(&report));
+    if let Some(path) = &args.json {
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        atomic_write(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_frame;
+
+    #[test]
+    fn frame_sizes_parse() {
+        assert_eq!(parse_frame("3072x2048").unwrap(), Some((3072, 2048)));
+        assert_eq!(parse_frame("300×200").unwrap(), Some((300, 200)));
+        assert_eq!(parse_frame("none").unwrap(), None);
+        assert!(parse_frame("3072").is_err());
+        assert!(parse_frame("0x5").is_err());
+    }
 }

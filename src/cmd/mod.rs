@@ -36,10 +36,16 @@ impl Ctx {
     }
 }
 
-/// Installs the stderr log subscriber (`RUST_LOG` wins over `--log`).
+/// Installs the stderr log subscriber (`RUST_LOG` wins over `--log`). ONNX Runtime's own
+/// messages are kept to warnings unless the filter names `ort`.
 pub fn init_logging(default: &str) {
+    let directives = if default.contains("ort") {
+        default.to_string()
+    } else {
+        format!("{default},ort=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

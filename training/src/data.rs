@@ -270,12 +270,21 @@ pub struct TileSpec {
     pub max_tiles: Option<usize>,
 }
 
-/// Reads one image and returns its normalised tiles with their corners, its size and
-/// whether all of its tiles were kept.
-pub fn image_tiles(
-    path: &Path,
-    spec: &TileSpec,
-) -> fabric_inspect::Result<(Vec<Vec<f32>>, Vec<(u32, u32)>, (u32, u32), bool)> {
+/// The tiles of one image.
+#[derive(Debug, Clone)]
+pub struct ImageTiles {
+    /// Normalised CHW tiles (`3·size·size` floats each).
+    pub tiles: Vec<Vec<f32>>,
+    /// Top-left corner of each tile.
+    pub corners: Vec<(u32, u32)>,
+    /// Native width and height of the image.
+    pub size: (u32, u32),
+    /// Whether every tile of the grid was kept.
+    pub complete: bool,
+}
+
+/// Reads one image and cuts (or resizes) it into normalised tiles.
+pub fn image_tiles(path: &Path, spec: &TileSpec) -> fabric_inspect::Result<ImageTiles> {
     let img = load_rgb(path, DEFAULT_MAX_PIXELS)?;
     let (w, h) = img.dimensions();
     let n = 3 * (spec.size as usize).pow(2);
@@ -284,7 +293,12 @@ pub fn image_tiles(
             let r = resize_exact(&img, spec.size);
             let mut out = vec![0.0; n];
             to_chw(&r, spec.norm, &mut out);
-            Ok((vec![out], vec![(0, 0)], (w, h), true))
+            Ok(ImageTiles {
+                tiles: vec![out],
+                corners: vec![(0, 0)],
+                size: (w, h),
+                complete: true,
+            })
         }
         InputMode::Tile => {
             let grid = TileGrid::new(w, h, spec.size);
@@ -307,7 +321,12 @@ pub fn image_tiles(
                     out
                 })
                 .collect();
-            Ok((tiles, corners, (w, h), complete))
+            Ok(ImageTiles {
+                tiles,
+                corners,
+                size: (w, h),
+                complete,
+            })
         }
     }
 }
@@ -334,7 +353,13 @@ pub fn load_tiles(paths: &[PathBuf], spec: &TileSpec, blur: Option<&BlurConfig>)
         sources: Vec::new(),
     };
     for (path, item) in paths.iter().zip(loaded) {
-        let Some((tiles, corners, (w, h), complete)) = item else {
+        let Some(ImageTiles {
+            tiles,
+            corners,
+            size: (w, h),
+            complete,
+        }) = item
+        else {
             continue;
         };
         let source = set.sources.len();

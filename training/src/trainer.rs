@@ -420,6 +420,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
     let bar = progress_bar(opts.quiet, cfg.max_epochs, state.epoch);
     while state.epoch < cfg.max_epochs && state.bad_epochs < cfg.early_stop {
         let epoch = state.epoch + 1;
+        let _span = tracing::info_span!("epoch", epoch, lr = adam.lr).entered();
         let t0 = Instant::now();
         let train_loss = train_epoch(&model, &mut adam, &data, cfg, epoch, &device)?;
         let val_loss = validation_loss(

@@ -5,18 +5,24 @@
 //! parameters and running statistics randomised so that inference-form BatchNorm is really
 //! exercised), exported, loaded with the runtime's engine (ONNX Runtime) and run on real
 //! image tiles (`FABRIC_DATA`: AITEX fabric00 strip tiles and resized MVTec leather images)
-//! and on random inputs. T0..T3, S0..S3, the per-layer `1 − cos` maps and the anomaly map
-//! (unsmoothed and smoothed) must agree: max |ONNX − candle| ≤ 1e-4 × max |candle| for each
-//! tensor. The figures are printed. A tile's outputs alone must equal its outputs inside a
-//! batch of 8, and batch sizes 1, 7 and 32 (32 on Lite0 only, to keep the test short) run.
+//! and on random inputs.
+//!
+//! The reference is the candle model: its teacher in f32 and its student evaluated in f64
+//! with the same weights (candle's f32 student is compared as well and printed). T0..T3,
+//! S0..S3, the per-layer `1 − cos` maps, the anomaly map (unsmoothed and smoothed) and the
+//! tile scores must agree: max |ONNX − reference| ≤ 1e-4 × max |reference| for each tensor;
+//! so must the exported student fed ONNX Runtime's own T0..T3. The figures are printed.
+//! A tile's outputs alone must equal its outputs inside a batch of 8 (Lite0, ResNet18) and
+//! batch sizes 1, 7 and 32 (32 on Lite0 only, to keep the test short) run.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use fabric_inspect::anomaly::{anomaly_maps, cos_distance, FeatureView};
 use fabric_inspect::engine::{Engine, EngineOptions};
 use fabric_inspect::gaussian::gaussian_smooth;
 use fabric_inspect::meta::{Backbone, InputMode, ModelMeta, Variant};
 use fabric_train::export::{export_model, model_meta, untrained_info};
 use fabric_train::model::Rrd;
+use fabric_train::student::Student;
 use fabric_train::weights::{default_weights, TeacherWeights};
 use std::path::PathBuf;
 
@@ -183,6 +189,35 @@ fn onnx_feats(engine: &Engine, input: &[f32], n: usize) -> Feats {
         .unwrap()
 }
 
+/// Flattened f32 values and shape of an NCHW tensor.
+fn flat_tensor(t: &Tensor) -> (Vec<f32>, [usize; 4]) {
+    let (a, b, c, d) = t.dims4().unwrap();
+    let v = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    (v.to_vec1::<f32>().unwrap(), [a, b, c, d])
+}
+
+/// The f64 student on f32 teacher features; S0..S3 rounded to f32.
+fn student64_forward(student: &Student, t: &[Tensor]) -> Vec<Tensor> {
+    let t64: Vec<Tensor> = t.iter().map(|x| x.to_dtype(DType::F64).unwrap()).collect();
+    student
+        .forward_t(&t64, false)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_dtype(DType::F32).unwrap())
+        .collect()
+}
+
+/// (max |got − want| / max |want|, max |want|).
+fn ratio(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let d = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let m = want.iter().map(|b| b.abs()).fold(0f32, f32::max);
+    (d / m.max(f32::MIN_POSITIVE), m)
+}
+
 /// Max |got − want| / max |want|, printed; asserts the bound.
 fn compare(label: &str, what: &str, got: &[f32], want: &[f32], rel: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{label} {what}: lengths differ");
@@ -288,7 +323,8 @@ fn compare_all(
     worst
 }
 
-fn check(backbone: Backbone, variant: Variant, big_batch: bool) {
+/// `small`: 4 real tiles instead of 8 (and no batch-of-8 check), for the heavy ResNet34.
+fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
     let test = format!("parity_{backbone}_{variant}");
     if !ort_available(&test) {
         return;
@@ -299,6 +335,18 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool) {
     };
     let rrd = Rrd::build(backbone, &[], weights, variant, SEED, &Device::Cpu).unwrap();
     randomise_student_bn(&rrd, SEED);
+    let student64 = {
+        let vm = candle_nn::VarMap::new();
+        let vb = fabric_train::model::seeded_var_builder(&vm, SEED, DType::F64, &Device::Cpu);
+        let st = Student::new(vb, rrd.teacher.channels(), variant).unwrap();
+        let src = rrd.varmap.data().lock().unwrap();
+        let dst = vm.data().lock().unwrap();
+        for (name, v) in dst.iter() {
+            v.set(&src[name].as_tensor().to_dtype(DType::F64).unwrap())
+                .unwrap();
+        }
+        st
+    };
     let meta = model_meta(&rrd, &untrained_info(InputMode::Tile, SIZE as u32, SEED));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
@@ -352,16 +400,54 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool) {
     };
     let mut worst = 0f32;
     for (what, input, n) in &inputs {
-        let (cand, ct, cs) = candle_feats(&rrd, input, *n);
+        let (cand32, ct, cs32) = candle_feats(&rrd, input, *n);
         let onnx = onnx_feats(&engine, input, *n);
+
+        // The reference: candle's teacher (f32, its only precision) and candle's student
+        // evaluated in f64 with the same weights, rounded to f32. Candle's own f32 student is
+        // compared too and printed: on badly conditioned inputs (random ResNet teachers give
+        // features in the thousands, which saturate the width softmaxes) it is itself several
+        // times further from the f64 values than the exported student is.
+        let cs = student64_forward(&student64, &ct);
+        let reference = Feats {
+            t: cand32.t.clone(),
+            s: cs.iter().map(flat_tensor).collect(),
+        };
+        for i in 0..4 {
+            let (d32, _) = &cand32.s[i];
+            let (r, ref_max) = ratio(d32, &reference.s[i].0);
+            let (ro, _) = ratio(&onnx.s[i].0, d32);
+            eprintln!(
+                "{what} S{i}: candle f32 vs f64 reference {r:.2e}; ONNX vs candle f32 {ro:.2e} \
+                 (max|ref| {ref_max:.3e}; informational)"
+            );
+        }
         worst = worst.max(compare_all(
             what,
             &onnx,
-            &cand,
+            &reference,
             &ct,
             &cs,
             &meta.map_layer_weights,
         ));
+        // The exported student alone: fed ONNX Runtime's own T0..T3, against the f64 student
+        // on the same features (no teacher difference propagated).
+        let t_onnx: Vec<Tensor> = onnx
+            .t
+            .iter()
+            .map(|(d, s)| Tensor::from_slice(d, s.to_vec(), &Device::Cpu).unwrap())
+            .collect();
+        let same = student64_forward(&student64, &t_onnx);
+        for i in 0..4 {
+            let want = flat_tensor(&same[i]).0;
+            worst = worst.max(compare(
+                what,
+                &format!("S{i} on the same T0..T3"),
+                &onnx.s[i].0,
+                &want,
+                REL,
+            ));
+        }
 
         if *n == 8 {
             // Batch independence: items alone and as a batch of 7 equal the batch of 8.
@@ -396,30 +482,30 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool) {
 
 #[test]
 fn parity_lite0_residual() {
-    check(Backbone::EfficientnetLite0, Variant::Residual, true);
+    check(Backbone::EfficientnetLite0, Variant::Residual, true, false);
 }
 
 #[test]
 fn parity_lite0_dg() {
-    check(Backbone::EfficientnetLite0, Variant::Dg, false);
+    check(Backbone::EfficientnetLite0, Variant::Dg, false, false);
 }
 
 #[test]
 fn parity_resnet18_residual() {
-    check(Backbone::Resnet18, Variant::Residual, false);
+    check(Backbone::Resnet18, Variant::Residual, false, false);
 }
 
 #[test]
 fn parity_resnet18_dg() {
-    check(Backbone::Resnet18, Variant::Dg, false);
+    check(Backbone::Resnet18, Variant::Dg, false, false);
 }
 
 #[test]
 fn parity_resnet34_residual() {
-    check(Backbone::Resnet34, Variant::Residual, false);
+    check(Backbone::Resnet34, Variant::Residual, false, true);
 }
 
 #[test]
 fn parity_resnet34_dg() {
-    check(Backbone::Resnet34, Variant::Dg, false);
+    check(Backbone::Resnet34, Variant::Dg, false, true);
 }

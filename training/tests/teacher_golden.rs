@@ -178,7 +178,7 @@ fn formula_tensor(name: &str, shape: &[usize]) -> Tensor {
 
 fn resnet18_formula_state() -> HashMap<String, Tensor> {
     let mut sd = HashMap::new();
-    let mut conv = |sd: &mut HashMap<String, Tensor>, name: &str, shape: [usize; 4]| {
+    let conv = |sd: &mut HashMap<String, Tensor>, name: &str, shape: [usize; 4]| {
         let key = format!("{name}.weight");
         sd.insert(key.clone(), formula_tensor(&key, &shape));
     };

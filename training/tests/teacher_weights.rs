@@ -45,9 +45,22 @@ fn legacy_loader_reads_the_lite0_file() {
             "block {k}"
         );
     }
-    // Running variances are positive: the data were read at the right offsets.
+    // Running variances are never negative: the data were read at the right offsets.
     let var: Vec<f32> = tensors["_blocks.15._bn1.running_var"].to_vec1().unwrap();
-    assert!(var.iter().all(|&v| v > 0.0 && v.is_finite()));
+    assert!(var.iter().all(|&v| v >= 0.0 && v.is_finite()));
+    // The stem is stored as a strided view; its first values in logical (O, I, kh, kw)
+    // order, as Python's unpickler + numpy read them (tests/golden/make_golden.py).
+    let stem: Vec<f32> = tensors["_conv_stem.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (got, want) in stem
+        .iter()
+        .zip([-1.110_336_1f32, -1.308_770_4, -0.010_156_91, 0.920_811_95])
+    {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
 
     let file = WeightFile::open(&path).unwrap();
     assert_eq!(file.format, WeightFormat::PthLegacy);

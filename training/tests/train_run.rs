@@ -183,3 +183,30 @@ fn real_fabric_strips_cut_into_sixteen_tiles() {
     assert_eq!(d.train.sources.len() + d.val.sources.len(), 3);
     assert!(d.val_clean.is_none());
 }
+
+/// Opt-in check of a finished run folder (`FABRIC_RUN_DIR`, e.g. the fabric00 run): its best
+/// checkpoint loads back and re-scores the validation images exactly as stored.
+#[test]
+fn stored_run_rescores_identically() {
+    let Some(dir) = std::env::var_os("FABRIC_RUN_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.join(files::STATS).is_file())
+    else {
+        eprintln!("skipping stored_run_rescores_identically: FABRIC_RUN_DIR not set");
+        return;
+    };
+    let dev = Device::Cpu;
+    let (mut cfg, model) = load_model(&dir, &dev).unwrap();
+    // Relative roots were taken from the repository root, where `fabric-train` runs.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for r in &mut cfg.roots {
+        if r.is_relative() {
+            *r = repo.join(&*r);
+        }
+    }
+    let loaded = data::load(&cfg).unwrap();
+    let scores = score_images(&model, loaded.val_for_scoring(), cfg.input_mode, 8, &dev).unwrap();
+    let stored = checkpoint::load_stats(&dir).unwrap();
+    let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
+    assert_eq!(scores, stored);
+}

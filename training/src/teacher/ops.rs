@@ -6,7 +6,7 @@
 //! `b' = β − μ·γ/√(σ²+ε)`. What is left are convolutions with bias, ReLU, ReLU6 (ONNX
 //! `Clip(0, 6)`), max-pooling and residual sums.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// How a convolution pads its input.
@@ -124,14 +124,23 @@ impl Conv {
         self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
     }
 
+    /// Runs the conv alone.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Act::None)
+    }
+
+    /// Runs the conv, then `act`. On the CPU the bias and activation are one in-place pass
+    /// (and depthwise convs are a dedicated kernel).
+    fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
         let [t, l, b, r] = self.pads(h, w);
-        if self.is_depthwise() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let cpu = x.device().is_cpu() && x.dtype() == DType::F32;
+        if self.is_depthwise() && cpu {
             let op = DepthwiseConv {
                 kernel: self.kernel,
                 stride: self.stride,
                 pads: [t, l, b, r],
+                act,
             };
             return x
                 .contiguous()?
@@ -153,7 +162,157 @@ impl Conv {
                 self.groups,
             )?
         };
-        y.broadcast_add(&self.bias4)
+        if cpu && y.is_contiguous() {
+            // `y` is a fresh tensor that nothing else refers to: safe to update in place.
+            y.inplace_op2(&self.bias, &BiasAct { act })?;
+            Ok(y)
+        } else {
+            act.apply(&y.broadcast_add(&self.bias4)?)
+        }
+    }
+}
+
+/// An activation fused into the op before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Act {
+    #[inline]
+    fn f(self, v: f32) -> f32 {
+        match self {
+            Act::None => v,
+            Act::Relu => v.max(0.0),
+            Act::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Act::None => Ok(x.clone()),
+            Act::Relu => x.relu(),
+            Act::Relu6 => x.clamp(0f32, 6f32),
+        }
+    }
+
+    /// The activation an op is followed by, if it can be fused.
+    fn of(next: Option<&TeacherOp>) -> Act {
+        match next {
+            Some(TeacherOp::Relu) => Act::Relu,
+            Some(TeacherOp::Relu6) => Act::Relu6,
+            _ => Act::None,
+        }
+    }
+}
+
+fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: output is not contiguous");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{what}: output is not f32"),
+    }
+}
+
+/// In place: `y[n, c, ..] = act(y[n, c, ..] + bias[c])`.
+struct BiasAct {
+    act: Act,
+}
+
+impl InplaceOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let bias = contiguous_f32(s2, l2, "bias")?;
+        if bias.len() != c {
+            candle_core::bail!("bias-act: {} biases for {c} channels", bias.len());
+        }
+        let y = contiguous_f32_mut(s1, l1, "bias-act")?;
+        let act = self.act;
+        y.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let b = bias[plane % c];
+                for v in dst {
+                    *v = act.f(*v + b);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// In place: `y = act(y + x)`, same shapes.
+struct AddAct {
+    act: Act,
+}
+
+impl InplaceOp2 for AddAct {
+    fn name(&self) -> &'static str {
+        "add-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "add-act: shapes {:?} and {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let x = contiguous_f32(s2, l2, "residual")?;
+        let y = contiguous_f32_mut(s1, l1, "add-act")?;
+        let act = self.act;
+        const CHUNK: usize = 1 << 14;
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d = act.f(*d + s);
+                }
+            });
+        Ok(())
+    }
+}
+
+fn residual_forward(
+    body: &[TeacherOp],
+    shortcut: &[TeacherOp],
+    x: &Tensor,
+    act: Act,
+) -> Result<Tensor> {
+    let y = run_seq(body, x)?;
+    let s = if shortcut.is_empty() {
+        x.clone()
+    } else {
+        run_seq(shortcut, x)?
+    };
+    let cpu = y.device().is_cpu() && y.dtype() == DType::F32;
+    if cpu && y.is_contiguous() && !body.is_empty() {
+        // `y` is the fresh output of the body's last op.
+        let s = s.contiguous()?;
+        y.inplace_op2(&s, &AddAct { act })?;
+        Ok(y)
+    } else {
+        act.apply(&(y + s)?)
     }
 }
 
@@ -263,20 +422,18 @@ impl TeacherOp {
         }
     }
 
+    /// Runs this op alone (no fusion with the op after it).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Act::None)
+    }
+
+    fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
         match self {
-            TeacherOp::Conv(conv) => conv.forward(x),
-            TeacherOp::Relu => x.relu(),
-            TeacherOp::Relu6 => x.clamp(0f32, 6f32),
-            TeacherOp::MaxPool(p) => p.forward(x),
-            TeacherOp::Residual { body, shortcut } => {
-                let y = run_seq(body, x)?;
-                if shortcut.is_empty() {
-                    y + x
-                } else {
-                    y + run_seq(shortcut, x)?
-                }
-            }
+            TeacherOp::Conv(conv) => conv.forward_act(x, act),
+            TeacherOp::Relu => act.apply(&x.relu()?),
+            TeacherOp::Relu6 => act.apply(&x.clamp(0f32, 6f32)?),
+            TeacherOp::MaxPool(p) => act.apply(&p.forward(x)?),
+            TeacherOp::Residual { body, shortcut } => residual_forward(body, shortcut, x, act),
         }
     }
 
@@ -293,11 +450,21 @@ impl TeacherOp {
     }
 }
 
-/// Runs ops in order.
+/// Runs ops in order. A ReLU / ReLU6 right after a conv or a residual sum is fused into it
+/// (same result, one pass less).
 pub(crate) fn run_seq(ops: &[TeacherOp], x: &Tensor) -> Result<Tensor> {
     let mut y = x.clone();
-    for op in ops {
-        y = op.forward(&y)?;
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
+        let fusable = matches!(op, TeacherOp::Conv(_) | TeacherOp::Residual { .. });
+        let act = if fusable {
+            Act::of(ops.get(i + 1))
+        } else {
+            Act::None
+        };
+        y = op.forward_act(&y, act)?;
+        i += if act == Act::None { 1 } else { 2 };
     }
     Ok(y)
 }
@@ -326,6 +493,7 @@ struct DepthwiseConv {
     stride: usize,
     /// [top, left, bottom, right].
     pads: [usize; 4],
+    act: Act,
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -410,6 +578,11 @@ impl CustomOp3 for DepthwiseConv {
                                 }
                             }
                         }
+                    }
+                }
+                if self.act != Act::None {
+                    for v in dst.iter_mut() {
+                        *v = self.act.f(*v);
                     }
                 }
             });
@@ -510,6 +683,56 @@ mod tests {
     }
 
     #[test]
+    fn fused_sequence_matches_op_by_op() {
+        let conv = |name: &str, cin, cout, k, s, g| {
+            let w = ramp(&[cout, cin / g, k, k], 0.4);
+            let b = ramp(&[cout], 0.5);
+            TeacherOp::Conv(Conv::new(name.into(), w, b, s, Padding::TfSame, g).unwrap())
+        };
+        let ops = vec![
+            conv("a", 3, 4, 3, 2, 1),
+            TeacherOp::Relu6,
+            TeacherOp::Residual {
+                body: vec![
+                    conv("b", 4, 4, 3, 1, 4),
+                    TeacherOp::Relu,
+                    conv("c", 4, 4, 1, 1, 1),
+                ],
+                shortcut: vec![],
+            },
+            TeacherOp::Relu,
+            TeacherOp::Residual {
+                body: vec![conv("d", 4, 6, 3, 2, 1)],
+                shortcut: vec![conv("e", 4, 6, 1, 2, 1)],
+            },
+            TeacherOp::Relu6,
+        ];
+        let x = ramp(&[2, 3, 12, 12], 2.0);
+        let fused = run_seq(&ops, &x).unwrap();
+        let mut y = x.clone();
+        for op in &ops {
+            y = match op {
+                TeacherOp::Residual { body, shortcut } => {
+                    let mut a = y.clone();
+                    for o in body {
+                        a = o.forward(&a).unwrap();
+                    }
+                    let mut s = y.clone();
+                    for o in shortcut {
+                        s = o.forward(&s).unwrap();
+                    }
+                    (a + s).unwrap()
+                }
+                other => other.forward(&y).unwrap(),
+            };
+        }
+        assert_eq!(fused.dims(), &[2, 6, 3, 3]);
+        assert!(max_abs_diff(&fused, &y) < 1e-5);
+        // The input is untouched by the in-place steps.
+        assert!(max_abs_diff(&x, &ramp(&[2, 3, 12, 12], 2.0)) == 0.0);
+    }
+
+    #[test]
     fn max_pool_ignores_padding() {
         // All-negative input: a zero pad would win the max, a correct pool never does.
         let x = (ramp(&[1, 2, 6, 6], 1.0) - 5.0).unwrap();
@@ -518,8 +741,8 @@ mod tests {
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let ys: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         for c in 0..2 {
-            for oy in 0..3 {
-                for ox in 0..3 {
+            for oy in 0..3usize {
+                for ox in 0..3usize {
                     let mut m = f32::NEG_INFINITY;
                     for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(6) {
                         for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(6) {
