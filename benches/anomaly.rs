@@ -16,6 +16,13 @@ use std::time::Duration;
 const N: usize = 32;
 const OUT: usize = 256;
 
+fn views<'a>(data: &'a [Vec<f32>], shapes: &[(usize, usize, usize)]) -> Vec<FeatureView<'a>> {
+    data.iter()
+        .zip(shapes)
+        .map(|(v, &(ch, h, w))| FeatureView::new(v, [N, ch, h, w]).expect("view"))
+        .collect()
+}
+
 fn bench_shapes(c: &mut Criterion, name: &str, shapes: &[(usize, usize, usize)]) {
     let t: Vec<Vec<f32>> = shapes
         .iter()
@@ -27,13 +34,7 @@ fn bench_shapes(c: &mut Criterion, name: &str, shapes: &[(usize, usize, usize)])
         .enumerate()
         .map(|(i, &(ch, h, w))| random_input(N * ch * h * w, 20 + i as u64))
         .collect();
-    let view = |d: &[Vec<f32>]| -> Vec<FeatureView<'_>> {
-        d.iter()
-            .zip(shapes)
-            .map(|(v, &(ch, h, w))| FeatureView::new(v, [N, ch, h, w]).expect("view"))
-            .collect()
-    };
-    let (tv, sv) = (view(&t), view(&s));
+    let (tv, sv) = (views(&t, shapes), views(&s, shapes));
     let weights =
         default_layer_weights(&shapes.iter().map(|&(_, h, w)| (h, w)).collect::<Vec<_>>());
     let mut out = vec![0.0f32; N * OUT * OUT];

@@ -53,19 +53,25 @@ fn cos_distance_item(t: &[f32], s: &[f32], c: usize, hw: usize, out: &mut [f32])
     let mut tt = vec![0.0f32; hw];
     let mut ss = vec![0.0f32; hw];
     out.fill(0.0);
-    for ch in 0..c {
-        let tc = &t[ch * hw..(ch + 1) * hw];
-        let sc = &s[ch * hw..(ch + 1) * hw];
-        for i in 0..hw {
-            out[i] += tc[i] * sc[i];
-            tt[i] += tc[i] * tc[i];
-            ss[i] += sc[i] * sc[i];
+    // Zipped iterators (no bounds checks) let the inner loop vectorise.
+    let out = &mut out[..hw];
+    for (tc, sc) in t.chunks_exact(hw).zip(s.chunks_exact(hw)).take(c) {
+        for ((((o, a), b), &x), &y) in out
+            .iter_mut()
+            .zip(tt.iter_mut())
+            .zip(ss.iter_mut())
+            .zip(tc)
+            .zip(sc)
+        {
+            *o += x * y;
+            *a += x * x;
+            *b += y * y;
         }
     }
-    for i in 0..hw {
-        let nt = tt[i].sqrt().max(NORM_EPS);
-        let ns = ss[i].sqrt().max(NORM_EPS);
-        out[i] = 1.0 - out[i] / (nt * ns);
+    for ((o, &a), &b) in out.iter_mut().zip(&tt).zip(&ss) {
+        let nt = a.sqrt().max(NORM_EPS);
+        let ns = b.sqrt().max(NORM_EPS);
+        *o = 1.0 - *o / (nt * ns);
     }
 }
 
@@ -108,19 +114,26 @@ fn upsample_add(
     ty: &[(usize, usize, f32)],
     tx: &[(usize, usize, f32)],
     out: &mut [f32],
+    rows: &mut Vec<f32>,
 ) {
+    // Separable: each source row is interpolated along x once (into `rows`, h × ow), then
+    // every output row blends two of those rows, a loop that vectorises. The arithmetic
+    // per output value is the same as interpolating the four neighbours directly.
     let ow = tx.len();
-    for (oy, &(y0, y1, ly)) in ty.iter().enumerate() {
-        let r0 = &src[y0 * w..(y0 + 1) * w];
-        let r1 = &src[y1 * w..(y1 + 1) * w];
-        let dst = &mut out[oy * ow..(oy + 1) * ow];
+    debug_assert_eq!(h * w, src.len());
+    rows.resize(h * ow, 0.0);
+    for (r, dst) in src.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
         for (d, &(x0, x1, lx)) in dst.iter_mut().zip(tx) {
-            let top = r0[x0] + (r0[x1] - r0[x0]) * lx;
-            let bot = r1[x0] + (r1[x1] - r1[x0]) * lx;
-            *d += weight * (top + (bot - top) * ly);
+            *d = r[x0] + (r[x1] - r[x0]) * lx;
         }
     }
-    debug_assert_eq!(h * w, src.len());
+    for (dst, &(y0, y1, ly)) in out.chunks_exact_mut(ow).zip(ty) {
+        let top = &rows[y0 * ow..(y0 + 1) * ow];
+        let bot = &rows[y1 * ow..(y1 + 1) * ow];
+        for ((d, &a), &b) in dst.iter_mut().zip(top).zip(bot) {
+            *d += weight * (a + (b - a) * ly);
+        }
+    }
 }
 
 /// Bilinear upsampling (or downsampling) of an `h`×`w` map to `out_h`×`out_w`, with
@@ -137,6 +150,7 @@ pub fn upsample_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: u
         &axis_table(h, out_h),
         &axis_table(w, out_w),
         &mut out,
+        &mut Vec::new(),
     );
     out
 }
@@ -196,15 +210,18 @@ pub fn anomaly_maps_into(
         .collect();
     out.par_chunks_mut(plane.max(1))
         .enumerate()
-        .for_each_init(Vec::new, |dist, (item, o)| {
-            o.fill(0.0);
-            for (l, (t, s)) in teacher.iter().zip(student).enumerate() {
-                let [_, c, h, w] = t.shape;
-                dist.resize(h * w, 0.0);
-                cos_distance_item(t.item(item), s.item(item), c, h * w, dist);
-                upsample_add(dist, h, w, weights[l], &tables[l].0, &tables[l].1, o);
-            }
-        });
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(dist, rows), (item, o)| {
+                o.fill(0.0);
+                for (l, (t, s)) in teacher.iter().zip(student).enumerate() {
+                    let [_, c, h, w] = t.shape;
+                    dist.resize(h * w, 0.0);
+                    cos_distance_item(t.item(item), s.item(item), c, h * w, dist);
+                    upsample_add(dist, h, w, weights[l], &tables[l].0, &tables[l].1, o, rows);
+                }
+            },
+        );
     Ok(())
 }
 

@@ -76,12 +76,19 @@ pub fn gaussian_smooth_into(map: &[f32], width: usize, height: usize, sigma: f32
         .for_each_init(
             || vec![0.0f32; width + 2 * r],
             |padded, (dst, src)| {
-                for (j, p) in padded.iter_mut().enumerate() {
-                    *p = src[reflect_index(j as isize - r as isize, width)];
+                // Interior copied as is; only the 2·r border samples need the reflect rule.
+                padded[r..r + width].copy_from_slice(src);
+                for j in 0..r {
+                    padded[j] = src[reflect_index(j as isize - r as isize, width)];
+                    padded[r + width + j] = src[reflect_index((width + j) as isize, width)];
                 }
-                for (x, d) in dst.iter_mut().enumerate() {
-                    let window = &padded[x..x + k.len()];
-                    *d = window.iter().zip(&k).map(|(a, b)| a * b).sum();
+                // Tap-outer accumulation over the whole row vectorises; each output still
+                // sums its taps in the same order as a per-pixel dot product would.
+                dst.fill(0.0);
+                for (t, &w) in k.iter().enumerate() {
+                    for (d, s) in dst.iter_mut().zip(&padded[t..t + width]) {
+                        *d += w * s;
+                    }
                 }
             },
         );

@@ -375,14 +375,21 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
     );
     let per = 3 * SIZE * SIZE;
 
-    // Real tiles, batch of 8.
+    // Real tiles (a batch of 8, or 4 of them) and a small random batch.
     let inputs: Vec<(String, Vec<f32>, usize)> = match data_root() {
         Some(root) => vec![
-            (
-                format!("{label} real tiles"),
-                real_tiles(&root, backbone),
-                8,
-            ),
+            {
+                let all = real_tiles(&root, backbone);
+                if small {
+                    let pick: Vec<f32> = [0usize, 3, 6, 7]
+                        .iter()
+                        .flat_map(|&i| all[i * per..(i + 1) * per].to_vec())
+                        .collect();
+                    (format!("{label} real tiles"), pick, 4)
+                } else {
+                    (format!("{label} real tiles"), all, 8)
+                }
+            },
             (
                 format!("{label} random input"),
                 rand_vec(SEED + 1, 2 * per, -2.0, 2.0),
@@ -393,8 +400,8 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
             eprintln!("skipping {test} on real tiles: FABRIC_DATA not set");
             vec![(
                 format!("{label} random input"),
-                rand_vec(SEED + 1, 8 * per, -2.0, 2.0),
-                8,
+                rand_vec(SEED + 1, if small { 4 } else { 8 } * per, -2.0, 2.0),
+                if small { 4 } else { 8 },
             )]
         }
     };

@@ -90,7 +90,13 @@ pub enum TeacherError {
     },
     /// A candle operation failed.
     #[error("teacher: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
+}
+
+impl From<candle_core::Error> for TeacherError {
+    fn from(e: candle_core::Error) -> Self {
+        TeacherError::Candle(Box::new(e))
+    }
 }
 
 /// Name, output channels and stride of one unit, known before anything is built.

@@ -124,8 +124,8 @@ impl Conv {
         self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
     }
 
-    /// Runs the conv alone.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Runs the conv alone (N, Cin, H, W) → (N, Cout, H', W').
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_act(x, Act::None)
     }
 
@@ -423,7 +423,7 @@ impl TeacherOp {
     }
 
     /// Runs this op alone (no fusion with the op after it).
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_act(x, Act::None)
     }
 

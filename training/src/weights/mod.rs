@@ -88,7 +88,7 @@ pub enum WeightError {
         /// The tensor's name.
         name: String,
         /// The cause.
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -282,7 +282,7 @@ impl WeightFile {
             .map_err(|source| WeightError::Tensor {
                 path: self.path.clone(),
                 name: name.to_owned(),
-                source,
+                source: Box::new(source),
             })
     }
 }

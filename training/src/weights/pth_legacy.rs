@@ -370,7 +370,7 @@ fn gather(path: &Path, r: &TensorRef, st: StorageType, data: &[u8]) -> Result<Te
         WeightError::Tensor {
             path: path.to_owned(),
             name: r.name.clone(),
-            source,
+            source: Box::new(source),
         }
     })
 }

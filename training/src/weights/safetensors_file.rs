@@ -38,7 +38,7 @@ pub fn write(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), Weigh
                 .map_err(|source| WeightError::Tensor {
                     path: path.to_owned(),
                     name: k.clone(),
-                    source,
+                    source: Box::new(source),
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
