@@ -55,6 +55,9 @@ fn cos_distance_item(t: &[f32], s: &[f32], c: usize, hw: usize, out: &mut [f32])
     out.fill(0.0);
     // Zipped iterators (no bounds checks) let the inner loop vectorise.
     let out = &mut out[..hw];
+    if hw == 0 {
+        return;
+    }
     for (tc, sc) in t.chunks_exact(hw).zip(s.chunks_exact(hw)).take(c) {
         for ((((o, a), b), &x), &y) in out
             .iter_mut()
@@ -108,7 +111,6 @@ fn axis_table(inp: usize, out: usize) -> Vec<(usize, usize, f32)> {
 
 fn upsample_add(
     src: &[f32],
-    h: usize,
     w: usize,
     weight: f32,
     ty: &[(usize, usize, f32)],
@@ -120,7 +122,7 @@ fn upsample_add(
     // every output row blends two of those rows, a loop that vectorises. The arithmetic
     // per output value is the same as interpolating the four neighbours directly.
     let ow = tx.len();
-    debug_assert_eq!(h * w, src.len());
+    let h = src.len() / w.max(1);
     rows.resize(h * ow, 0.0);
     for (r, dst) in src.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
         for (d, &(x0, x1, lx)) in dst.iter_mut().zip(tx) {
@@ -144,7 +146,6 @@ pub fn upsample_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: u
     let mut out = vec![0.0; out_h * out_w];
     upsample_add(
         src,
-        h,
         w,
         1.0,
         &axis_table(h, out_h),
@@ -218,7 +219,7 @@ pub fn anomaly_maps_into(
                     let [_, c, h, w] = t.shape;
                     dist.resize(h * w, 0.0);
                     cos_distance_item(t.item(item), s.item(item), c, h * w, dist);
-                    upsample_add(dist, h, w, weights[l], &tables[l].0, &tables[l].1, o, rows);
+                    upsample_add(dist, w, weights[l], &tables[l].0, &tables[l].1, o, rows);
                 }
             },
         );

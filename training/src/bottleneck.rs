@@ -15,7 +15,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Linear, VarBuilder};
 
-use crate::student::{conv2d, linear, softmax_width, ConvReluBn};
+use crate::student::{conv2d, conv_forward, linear, softmax_width, ConvReluBn};
 
 /// Zero padding of SSPCAB (sub-kernel 1 + dilation 1).
 pub const SSPCAB_PAD: usize = 2;
@@ -142,7 +142,7 @@ impl Sspcab {
         let mut sum: Option<Tensor> = None;
         for (conv, &(dy, dx)) in self.convs.iter().zip(Self::OFFSETS.iter()) {
             let view = xp.narrow(2, dy, h)?.narrow(3, dx, w)?;
-            let y = conv.forward(&view)?;
+            let y = conv_forward(conv, &view)?;
             sum = Some(match sum {
                 None => y,
                 Some(s) => (s + y)?,
@@ -184,8 +184,8 @@ impl Attention2 {
 
 impl Module for Attention2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.conv1.forward(x)?.relu()?;
-        let z = self.conv2.forward(&a)?;
+        let a = conv_forward(&self.conv1, x)?.relu()?;
+        let z = conv_forward(&self.conv2, &a)?;
         softmax_width(&z)? * a
     }
 }

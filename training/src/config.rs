@@ -93,6 +93,11 @@ pub struct TrainConfig {
     /// Compute threads (candle and rayon); absent = all cores. `--threads` overrides it.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Memory budget in MiB for the teacher's features, computed once per training and
+    /// validation tile and reused every epoch (training tiles first); tiles beyond it run
+    /// the teacher every epoch. 0 turns the cache off. Default 2048.
+    #[serde(default = "default_feature_cache_mb")]
+    pub feature_cache_mb: usize,
     /// Keep at most this many tiles per source image (evenly spaced); for quick runs.
     #[serde(default)]
     pub max_tiles_per_image: Option<usize>,
@@ -172,6 +177,9 @@ fn default_val_fraction() -> f64 {
 }
 fn default_seed() -> u64 {
     42
+}
+fn default_feature_cache_mb() -> usize {
+    crate::featcache::DEFAULT_FEATURE_CACHE_MB
 }
 fn default_lr() -> f64 {
     0.005
@@ -254,6 +262,7 @@ impl TrainConfig {
             blur: BlurConfig::default(),
             seed: default_seed(),
             threads: None,
+            feature_cache_mb: default_feature_cache_mb(),
             max_tiles_per_image: None,
             limit: None,
         }

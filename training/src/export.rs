@@ -59,6 +59,17 @@ pub enum ExportError {
         /// What went wrong.
         msg: String,
     },
+    /// The training run could not be read (missing, corrupt or truncated files).
+    #[error("training run {path}: {msg}")]
+    Run {
+        /// The run folder.
+        path: PathBuf,
+        /// What went wrong.
+        msg: String,
+    },
+    /// The model could not be built.
+    #[error("export: building the model: {0}")]
+    Model(String),
     /// The metadata is inconsistent or could not be written.
     #[error("export: model metadata: {0}")]
     Meta(String),
@@ -79,7 +90,10 @@ fn dims4(t: &Tensor) -> Result<[usize; 4]> {
     Ok([a, b, c, d])
 }
 
-fn feature_dims((c, h, w): (usize, usize, usize)) -> [Dim; 4] {
+/// (channels, height, width) of one feature map.
+type Chw = (usize, usize, usize);
+
+fn feature_dims((c, h, w): Chw) -> [Dim; 4] {
     [Dim::Batch, Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)]
 }
 
@@ -159,7 +173,7 @@ pub fn teacher_graph(teacher: &Teacher, size: usize) -> Result<Graph> {
             taps.len()
         )));
     }
-    let mut outs: Vec<Option<(Value, (usize, usize, usize))>> = vec![None; taps.len()];
+    let mut outs: Vec<Option<(Value, Chw)>> = vec![None; taps.len()];
     for (ui, unit) in teacher.units().iter().enumerate() {
         (x, chw) = teacher_ops(&mut g, unit.ops(), x, chw, unit.name())?;
         for (slot, tap) in outs.iter_mut().zip(taps) {
@@ -638,12 +652,15 @@ pub fn export_model(rrd: &Rrd, meta: &ModelMeta, out_dir: &Path) -> Result<Expor
 /// Rebuilds the best checkpoint of the training run in `run_dir` and the metadata that
 /// describes it (validation statistics and threshold from the run's `stats.yaml`).
 pub fn load_run(run_dir: &Path, device: &Device) -> Result<(Rrd, ModelMeta)> {
-    let (cfg, rrd) = crate::checkpoint::load_model(run_dir, device)
-        .map_err(|e| ExportError::Meta(format!("training run {}: {e}", run_dir.display())))?;
+    let run_err = |msg: String| ExportError::Run {
+        path: run_dir.to_path_buf(),
+        msg,
+    };
+    let (cfg, rrd) =
+        crate::checkpoint::load_model(run_dir, device).map_err(|e| run_err(e.to_string()))?;
     let stats = crate::checkpoint::load_stats(run_dir).map_err(|e| {
-        ExportError::Meta(format!(
-            "training run {}: {e} (the run has not finished scoring its validation images)",
-            run_dir.display()
+        run_err(format!(
+            "{e} (stats.yaml is written when training has scored its validation images)"
         ))
     })?;
     let training_config = serde_yaml::to_value(&cfg)
@@ -696,7 +713,7 @@ pub fn export_untrained(
     out_dir: &Path,
 ) -> Result<(ModelMeta, ExportSummary)> {
     let rrd = Rrd::build(backbone, &[], weights, variant, info.seed, &Device::Cpu)
-        .map_err(|e| ExportError::Meta(format!("building the {backbone} model: {e}")))?;
+        .map_err(|e| ExportError::Model(format!("{backbone}: {e}")))?;
     let meta = model_meta(&rrd, info);
     let summary = export_model(&rrd, &meta, out_dir)?;
     Ok((meta, summary))

@@ -23,3 +23,5 @@ pub mod summary;
 pub mod benchtrain;
 pub mod checkpoint;
 pub mod trainer;
+pub mod fastconv;
+pub mod featcache;

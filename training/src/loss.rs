@@ -36,7 +36,11 @@ pub fn cos_distance(t: &Tensor, s: &Tensor) -> Result<Tensor> {
 /// Per-pixel `1 − cos` maps `[N, H_i, W_i]`, one per feature pair (for scoring).
 pub fn cos_distance_maps(t: &[Tensor], s: &[Tensor]) -> Result<Vec<Tensor>> {
     if t.len() != s.len() {
-        candle_core::bail!("{} teacher features but {} student features", t.len(), s.len())
+        candle_core::bail!(
+            "{} teacher features but {} student features",
+            t.len(),
+            s.len()
+        )
     }
     t.iter().zip(s).map(|(t, s)| cos_distance(t, s)).collect()
 }

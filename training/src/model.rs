@@ -127,7 +127,12 @@ impl SimpleBackend for SeededInit {
         Ok(tensor)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         match data.get(name) {
             Some(var) => Ok(var.as_tensor().clone()),
@@ -168,7 +173,9 @@ fn init_values(seed: u64, name: &str, shape: &Shape, init: Init) -> Vec<f32> {
     if normal {
         (0..n).map(|_| (a + b * rng.normal()) as f32).collect()
     } else {
-        (0..n).map(|_| (a + (b - a) * rng.uniform()) as f32).collect()
+        (0..n)
+            .map(|_| (a + (b - a) * rng.uniform()) as f32)
+            .collect()
     }
 }
 
@@ -223,7 +230,12 @@ impl Rrd {
         x: &Tensor,
         train: bool,
     ) -> candle_core::Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let t: Vec<Tensor> = self.teacher.forward(x)?.iter().map(Tensor::detach).collect();
+        let t: Vec<Tensor> = self
+            .teacher
+            .forward(x)?
+            .iter()
+            .map(Tensor::detach)
+            .collect();
         let s = self.student.forward_t(&t, train)?;
         Ok((t, s))
     }

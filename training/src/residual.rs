@@ -13,7 +13,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
-use crate::student::{conv2d, softmax_width, ConvReluBn};
+use crate::student::{conv2d, conv_forward, softmax_width, ConvReluBn};
 
 /// Spatial attention with 1×1 convolutions (with bias):
 /// `a = ReLU(conv1(x))`, `b = ReLU(conv2(a))`, `z = conv3(b)`, `out = softmax_width(z) · a`.
@@ -37,9 +37,9 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.conv1.forward(x)?.relu()?;
-        let b = self.conv2.forward(&a)?.relu()?;
-        let z = self.conv3.forward(&b)?;
+        let a = conv_forward(&self.conv1, x)?.relu()?;
+        let b = conv_forward(&self.conv2, &a)?.relu()?;
+        let z = conv_forward(&self.conv3, &b)?;
         softmax_width(&z)? * a
     }
 }

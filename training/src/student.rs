@@ -45,13 +45,13 @@
 //!
 //! The BatchNorm running statistics (`*.running_mean`, `*.running_var`) live in the same
 //! [`candle_nn::VarMap`] as the weights, so one safetensors file holds the whole student. They
-//! are updated in place by [`batch_norm_t`] in train mode, and must not be given to the
+//! are updated in place by `batch_norm_t` in train mode, and must not be given to the
 //! optimiser: use [`crate::model::trainable_vars`], which leaves them out.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, Var, D};
 use candle_nn::{
-    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
-    Init, Linear, VarBuilder,
+    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init,
+    Linear, VarBuilder,
 };
 use fabric_inspect::meta::Variant;
 use rayon::prelude::*;
@@ -83,11 +83,21 @@ pub(crate) fn conv2d(
     let weight = vb.get_with_hints(
         (cout, cin, k, k),
         "weight",
-        Init::Randn { mean: 0.0, stdev: std },
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
     )?;
     let bias = if bias {
         let bound = 1.0 / ((cin * k * k) as f64).sqrt();
-        Some(vb.get_with_hints(cout, "bias", Init::Uniform { lo: -bound, up: bound })?)
+        Some(vb.get_with_hints(
+            cout,
+            "bias",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
     } else {
         None
     };
@@ -101,12 +111,19 @@ pub(crate) fn conv2d(
 
 /// A 2×2 transposed convolution with stride 2 and no bias; weight `[cin, cout, 2, 2]`,
 /// PyTorch's default init (Kaiming-uniform, a = √5: uniform ±1/√(cout·4)).
-pub(crate) fn conv_transpose2x2(vb: VarBuilder, cin: usize, cout: usize) -> Result<ConvTranspose2d> {
+pub(crate) fn conv_transpose2x2(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+) -> Result<ConvTranspose2d> {
     let bound = 1.0 / ((cout * 4) as f64).sqrt();
     let weight = vb.get_with_hints(
         (cin, cout, 2, 2),
         "weight",
-        Init::Uniform { lo: -bound, up: bound },
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
     )?;
     let config = ConvTranspose2dConfig {
         stride: 2,
@@ -118,7 +135,10 @@ pub(crate) fn conv_transpose2x2(vb: VarBuilder, cin: usize, cout: usize) -> Resu
 /// A linear layer with PyTorch's default init (weight and bias uniform ±1/√in).
 pub(crate) fn linear(vb: VarBuilder, din: usize, dout: usize) -> Result<Linear> {
     let bound = 1.0 / (din as f64).sqrt();
-    let init = Init::Uniform { lo: -bound, up: bound };
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
     let weight = vb.get_with_hints((dout, din), "weight", init)?;
     let bias = vb.get_with_hints(dout, "bias", init)?;
     Ok(Linear::new(weight, Some(bias)))
@@ -200,7 +220,10 @@ pub(crate) fn conv_transpose2x2_forward(ct: &ConvTranspose2d, x: &Tensor) -> Res
     }
     let (n, c, h, w) = x.dims4()?;
     if c != cin {
-        candle_core::bail!("transposed conv expects {cin} input channels, got shape {:?}", x.dims())
+        candle_core::bail!(
+            "transposed conv expects {cin} input channels, got shape {:?}",
+            x.dims()
+        )
     }
     // [cout·4, cin] × [n, cin, h·w] → [n, cout·4, h·w]
     let k = ct.weight().reshape((cin, cout * 4))?.t()?;
@@ -210,6 +233,40 @@ pub(crate) fn conv_transpose2x2_forward(ct: &ConvTranspose2d, x: &Tensor) -> Res
         .permute((0, 1, 4, 2, 5, 3))?
         .contiguous()?
         .reshape((n, cout, 2 * h, 2 * w))
+}
+
+/// A convolution; 1×1 kernels (any stride, no padding) run as one matrix product.
+///
+/// Same values as `Conv2d::forward`. candle's CPU convolution computes its input gradient
+/// with a plain transposed-convolution loop; for a 1×1 kernel a matrix product (whose
+/// gradient is a matrix product too) is much faster.
+pub(crate) fn conv_forward(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let (cout, cin_g, kh, kw) = conv.weight().dims4()?;
+    let cfg = conv.config();
+    let (n, c, h, w) = x.dims4()?;
+    let s = cfg.stride;
+    let plain = (kh, kw) == (1, 1) && cfg.padding == 0 && cfg.groups == 1 && cin_g == c;
+    if !plain || s == 0 || h % s != 0 || w % s != 0 {
+        return conv.forward(x);
+    }
+    let (ho, wo) = (h / s, w / s);
+    let x = if s == 1 {
+        x.clone()
+    } else {
+        // Rows and columns 0, s, 2s, …: a strided view, copied once by the reshape below.
+        x.reshape((n, c, ho, s, wo, s))?
+            .narrow(3, 0, 1)?
+            .narrow(5, 0, 1)?
+    };
+    let y = conv
+        .weight()
+        .reshape((cout, c))?
+        .broadcast_matmul(&x.reshape((n, c, ho * wo))?)?;
+    let y = match conv.bias() {
+        Some(b) => y.broadcast_add(&b.reshape((1, cout, 1))?)?,
+        None => y,
+    };
+    y.reshape((n, cout, ho, wo))
 }
 
 /// Softmax along the last axis (width, in NCHW) with a backward pass.
@@ -296,7 +353,7 @@ impl ConvReluBn {
 
     /// conv → ReLU → BatchNorm (`train`: batch statistics).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        batch_norm_t(&self.bn, &self.conv.forward(x)?.relu()?, train)
+        batch_norm_t(&self.bn, &conv_forward(&self.conv, x)?.relu()?, train)
     }
 }
 
@@ -317,7 +374,10 @@ pub enum FirstConv {
 #[derive(Debug, Clone)]
 pub enum Shortcut {
     /// 2×2 transposed convolution, stride 2, then BatchNorm.
-    Up { conv: ConvTranspose2d, bn: BatchNorm },
+    Up {
+        conv: ConvTranspose2d,
+        bn: BatchNorm,
+    },
     /// 1×1 convolution (no bias) then BatchNorm: a same-resolution block that changes channels.
     Project { conv: Conv2d, bn: BatchNorm },
 }
@@ -367,16 +427,18 @@ impl DecoderBlock {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = match &self.conv1 {
             FirstConv::Up(ct) => conv_transpose2x2_forward(ct, x)?,
-            FirstConv::Same(c) => c.forward(x)?,
+            FirstConv::Same(c) => conv_forward(c, x)?,
         };
         let y = batch_norm_t(&self.bn1, &y, train)?.relu()?;
-        let y = batch_norm_t(&self.bn2, &self.conv2.forward(&y)?, train)?;
+        let y = batch_norm_t(&self.bn2, &conv_forward(&self.conv2, &y)?, train)?;
         let sc = match &self.shortcut {
             None => x.clone(),
             Some(Shortcut::Up { conv, bn }) => {
                 batch_norm_t(bn, &conv_transpose2x2_forward(conv, x)?, train)?
             }
-            Some(Shortcut::Project { conv, bn }) => batch_norm_t(bn, &conv.forward(x)?, train)?,
+            Some(Shortcut::Project { conv, bn }) => {
+                batch_norm_t(bn, &conv_forward(conv, x)?, train)?
+            }
         };
         (y + sc)?.relu()
     }
@@ -575,12 +637,21 @@ mod tests {
 
     fn ramp(shape: &[usize], scale: f32) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * scale).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * scale)
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -607,12 +678,43 @@ mod tests {
     }
 
     #[test]
+    fn conv1x1_as_matmul_matches_candle() {
+        for (stride, bias) in [(1, true), (2, false), (2, true)] {
+            let k = Var::from_tensor(&ramp(&[4, 3, 1, 1], 1.0)).unwrap();
+            let b = Var::from_tensor(&ramp(&[4], 1.0)).unwrap();
+            let cfg = Conv2dConfig {
+                stride,
+                ..Default::default()
+            };
+            let bias = bias.then(|| b.as_tensor().clone());
+            let conv = Conv2d::new(k.as_tensor().clone(), bias, cfg);
+            let x = Var::from_tensor(&ramp(&[2, 3, 6, 8], 2.0)).unwrap();
+            let fast = conv_forward(&conv, x.as_tensor()).unwrap();
+            let slow = conv.forward(x.as_tensor()).unwrap();
+            assert_eq!(fast.dims(), slow.dims());
+            assert!(max_abs_diff(&fast, &slow) < 1e-5);
+            let w = ramp(slow.dims(), 1.0);
+            let gf = (&fast * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (&slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&k, &x] {
+                assert!(max_abs_diff(gf.get(v).unwrap(), gs.get(v).unwrap()) < 1e-4);
+            }
+        }
+    }
+
+    #[test]
     fn softmax_width_matches_composed_softmax_and_its_gradient() {
         let x = Var::from_tensor(&ramp(&[2, 3, 4, 5], 6.0)).unwrap();
         let fast = softmax_width(x.as_tensor()).unwrap();
         let slow = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
         assert!(max_abs_diff(&fast, &slow) < 1e-6);
-        let sums = fast.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let sums = fast
+            .sum(D::Minus1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
 
         let w = ramp(&[2, 3, 4, 5], 3.0);
@@ -636,7 +738,10 @@ mod tests {
         assert!(max_abs_diff(ours.running_mean(), reference.running_mean()) < 1e-6);
         assert!(max_abs_diff(ours.running_var(), reference.running_var()) < 1e-6);
         let rm = ours.running_mean().to_vec1::<f32>().unwrap();
-        assert!(rm.iter().any(|v| v.abs() > 1e-3), "running mean not updated");
+        assert!(
+            rm.iter().any(|v| v.abs() > 1e-3),
+            "running mean not updated"
+        );
 
         let a = batch_norm_t(&ours, &x, false).unwrap();
         let b = candle_nn::ModuleT::forward_t(&reference, &x, false).unwrap();

@@ -77,7 +77,10 @@ impl Summary {
         let shapes = rrd.teacher.feature_shapes(h, w);
         let hw: [(usize, usize); 4] = shapes.map(|(_, h, w)| (h, w));
         let student = &rrd.student;
-        let residual_macs = student.residual.as_ref().map_or(0, |r| residual_macs(r, hw));
+        let residual_macs = student
+            .residual
+            .as_ref()
+            .map_or(0, |r| residual_macs(r, hw));
         Ok(Summary {
             backbone: rrd.teacher.backbone(),
             variant: student.variant(),
@@ -132,7 +135,12 @@ impl fmt::Display for Summary {
             "model: {} teacher, {} variant, {}×{} patch",
             self.backbone, self.variant, self.input.0, self.input.1
         )?;
-        writeln!(f, "teacher taps: {} (channels {:?})", self.taps.join(", "), self.channels)?;
+        writeln!(
+            f,
+            "teacher taps: {} (channels {:?})",
+            self.taps.join(", "),
+            self.channels
+        )?;
         writeln!(f, "teacher weights: {weights}")?;
         writeln!(f)?;
         writeln!(f, "{:<34} {:>12} {:>10}", "part", "params (M)", "GMAC")?;
@@ -170,7 +178,7 @@ impl fmt::Display for Summary {
 
 /// Half a resolution (stride 2, kernel 1 or 2: `floor((n − 1) / 2) + 1`).
 fn half((h, w): (usize, usize)) -> (usize, usize) {
-    ((h + 1) / 2, (w + 1) / 2)
+    (h.div_ceil(2), w.div_ceil(2))
 }
 
 /// MACs and output size of a convolution on an `h`×`w` input.
@@ -191,7 +199,10 @@ fn conv_t_macs(conv: &ConvTranspose2d, (h, w): (usize, usize)) -> (u64, (usize, 
     let out = |n: usize, k: usize| {
         (n - 1) * c.stride + c.dilation * (k - 1) + c.output_padding + 1 - 2 * c.padding
     };
-    ((cin * h * w * cout * kh * kw) as u64, (out(h, kh), out(w, kw)))
+    (
+        (cin * h * w * cout * kh * kw) as u64,
+        (out(h, kh), out(w, kw)),
+    )
 }
 
 fn linear_macs(l: &Linear) -> u64 {
@@ -265,7 +276,10 @@ pub fn student_macs(student: &Student, t0: (usize, usize)) -> [u64; 3] {
     let hw = [t0, t0, half(t0), half(half(t0))];
     [
         bottleneck_macs(&student.bottleneck, hw),
-        student.residual.as_ref().map_or(0, |r| residual_macs(r, hw)),
+        student
+            .residual
+            .as_ref()
+            .map_or(0, |r| residual_macs(r, hw)),
         decoder_macs(&student.decoder, half(hw[3])),
     ]
 }

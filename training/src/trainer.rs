@@ -16,6 +16,7 @@
 use crate::checkpoint::{self, CurveRow, ImageScore, RunDir, RunStats, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{self, Rng, TileSet, TrainData};
+use crate::featcache::FeatureCache;
 use crate::loss::rrd_loss;
 use crate::model::{named_trainable_vars, Rrd};
 use crate::weights::{default_weights, TeacherWeights};
@@ -273,10 +274,12 @@ fn scalar(t: &Tensor) -> Result<f32> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)
 }
 
-/// Mean validation loss per tile (student in eval mode, no gradients).
+/// Mean validation loss per tile (student in eval mode, no gradients); teacher features
+/// from `cache` (built on `set`) where it holds them.
 pub fn validation_loss(
     model: &Rrd,
     set: &TileSet,
+    cache: &FeatureCache,
     alpha: &[f32],
     batch: usize,
     device: &Device,
@@ -284,8 +287,8 @@ pub fn validation_loss(
     let mut sum = 0.0f64;
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
-        let x = set.batch(chunk, device)?;
-        let (t, s) = model.forward_t(&x, false)?;
+        let t = cache.features(&model.teacher, set, chunk, device)?;
+        let s = model.student.forward_t(&t, false)?;
         let l = rrd_loss(&t, &s, alpha)?;
         sum += scalar(&l)? as f64;
     }
@@ -409,6 +412,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
         None => TrainState::new(cfg, model.teacher.weights_id()),
     };
     run.write_split(&data.split)?;
+    let caches = build_caches(&model, &data, cfg, &device)?;
     tracing::info!(
         backbone = %cfg.backbone,
         variant = %cfg.variant,
@@ -422,10 +426,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
         let epoch = state.epoch + 1;
         let _span = tracing::info_span!("epoch", epoch, lr = adam.lr).entered();
         let t0 = Instant::now();
-        let train_loss = train_epoch(&model, &mut adam, &data, cfg, epoch, &device)?;
+        let train_loss = train_epoch(&model, &mut adam, &data, &caches, cfg, epoch, &device)?;
         let val_loss = validation_loss(
             &model,
             &data.val,
+            &caches.val,
             &cfg.loss_weights,
             cfg.batch_size,
             &device,
@@ -524,6 +529,7 @@ pub fn same_model_and_data(old: &TrainConfig, new: &TrainConfig) -> bool {
     a.max_epochs = new.max_epochs;
     a.early_stop = new.early_stop;
     a.threads = new.threads;
+    a.feature_cache_mb = new.feature_cache_mb;
     &a == new
 }
 
@@ -534,11 +540,45 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Teacher features cached for the training and validation tiles of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunCaches {
+    /// Built on [`TrainData::train`].
+    pub train: FeatureCache,
+    /// Built on [`TrainData::val`].
+    pub val: FeatureCache,
+}
+
+/// Caches the teacher's features of the training tiles, then of the validation tiles, within
+/// the config's `feature_cache_mb` (see [`crate::featcache`]).
+pub fn build_caches(
+    model: &Rrd,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<RunCaches> {
+    let budget = cfg.feature_cache_mb << 20;
+    let batch = cfg.batch_size;
+    let t0 = Instant::now();
+    let train = FeatureCache::build(&model.teacher, &data.train, batch, budget, device)?;
+    let left = budget.saturating_sub(train.bytes());
+    let val = FeatureCache::build(&model.teacher, &data.val, batch, left, device)?;
+    tracing::info!(
+        train = format!("{}/{}", train.len(), data.train.len()),
+        val = format!("{}/{}", val.len(), data.val.len()),
+        mib = (train.bytes() + val.bytes()) >> 20,
+        seconds = format!("{:.1}", t0.elapsed().as_secs_f64()),
+        "teacher features cached"
+    );
+    Ok(RunCaches { train, val })
+}
+
 /// One training epoch; returns the mean training loss per tile.
 pub fn train_epoch(
     model: &Rrd,
     adam: &mut Adam,
     data: &TrainData,
+    caches: &RunCaches,
     cfg: &TrainConfig,
     epoch: usize,
     device: &Device,
@@ -546,7 +586,15 @@ pub fn train_epoch(
     let order = epoch_order(data.train.len(), cfg.seed, epoch);
     let mut sum = 0.0f64;
     for chunk in order.chunks(cfg.batch_size) {
-        let loss = train_step(model, adam, &data.train, chunk, &cfg.loss_weights, device)?;
+        let loss = train_step(
+            model,
+            adam,
+            &data.train,
+            &caches.train,
+            chunk,
+            &cfg.loss_weights,
+            device,
+        )?;
         if !loss.is_finite() {
             return Err(TrainError::Diverged { epoch, loss });
         }
@@ -556,16 +604,18 @@ pub fn train_epoch(
 }
 
 /// One optimiser step on the tiles `idx`; returns the batch loss (summed over the batch).
+/// Teacher features come from `cache` (built on `set`) where it holds them.
 pub fn train_step(
     model: &Rrd,
     adam: &mut Adam,
     set: &TileSet,
+    cache: &FeatureCache,
     idx: &[usize],
     alpha: &[f32],
     device: &Device,
 ) -> Result<f32> {
-    let x = set.batch(idx, device)?;
-    let (t, s) = model.forward_t(&x, true)?;
+    let t = cache.features(&model.teacher, set, idx, device)?;
+    let s = model.student.forward_t(&t, true)?;
     let loss = rrd_loss(&t, &s, alpha)?;
     let grads = loss.backward()?;
     adam.apply(&grads)?;

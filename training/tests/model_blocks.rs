@@ -31,7 +31,10 @@ fn vec(t: &Tensor) -> Vec<f32> {
 
 fn var(vm: &VarMap, name: &str) -> Tensor {
     let data = vm.data().lock().unwrap();
-    data.get(name).unwrap_or_else(|| panic!("no variable {name}")).as_tensor().clone()
+    data.get(name)
+        .unwrap_or_else(|| panic!("no variable {name}"))
+        .as_tensor()
+        .clone()
 }
 
 /// Identity 1×1 (k = 1) or centre-only 3×3 (k = 3) kernel with zero bias.
@@ -42,8 +45,11 @@ fn set_identity(vm: &mut VarMap, prefix: &str, c: usize, k: usize) {
     }
     let w = Tensor::from_vec(w, (c, c, k, k), &Device::Cpu).unwrap();
     vm.set_one(format!("{prefix}.weight"), w).unwrap();
-    vm.set_one(format!("{prefix}.bias"), Tensor::zeros(c, DType::F32, &Device::Cpu).unwrap())
-        .unwrap();
+    vm.set_one(
+        format!("{prefix}.bias"),
+        Tensor::zeros(c, DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
 }
 
 /// `softmax(x) · x` along the last axis of an [1, C, H, W] tensor, by hand.
@@ -90,7 +96,10 @@ fn residual_attention_softmax_runs_along_the_width() {
     for (o, e) in out.iter().zip(&by_width) {
         assert!((o - e).abs() < 1e-5, "{out:?} vs {by_width:?}");
     }
-    assert!(out.iter().zip(&by_height).any(|(o, e)| (o - e).abs() > 1e-3));
+    assert!(out
+        .iter()
+        .zip(&by_height)
+        .any(|(o, e)| (o - e).abs() > 1e-3));
 }
 
 #[test]
@@ -119,16 +128,32 @@ fn sspcab_never_reads_the_centre_pixel() {
     let x = random(&[1, c, h, w], 5, false);
     let (i, j) = (3, 4);
     let bump = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu).unwrap();
-    let bump = bump.slice_assign(&[0..1, 0..c, i..i + 1, j..j + 1], &(Tensor::ones((1, c, 1, 1), DType::F32, &Device::Cpu).unwrap() * 5.0).unwrap()).unwrap();
+    let bump = bump
+        .slice_assign(
+            &[0..1, 0..c, i..i + 1, j..j + 1],
+            &(Tensor::ones((1, c, 1, 1), DType::F32, &Device::Cpu).unwrap() * 5.0).unwrap(),
+        )
+        .unwrap();
     let x2 = (&x + bump).unwrap();
 
     let y = ss.masked_conv(&x).unwrap();
     let y2 = ss.masked_conv(&x2).unwrap();
-    assert_eq!(vec(&y.i((.., .., i, j)).unwrap()), vec(&y2.i((.., .., i, j)).unwrap()));
+    assert_eq!(
+        vec(&y.i((.., .., i, j)).unwrap()),
+        vec(&y2.i((.., .., i, j)).unwrap())
+    );
     // The four pixels that do read x(i, j): (i±2, j±2).
-    for (a, b) in [(i + 2, j + 2), (i - 2, j + 2), (i + 2, j - 2), (i - 2, j - 2)] {
+    for (a, b) in [
+        (i + 2, j + 2),
+        (i - 2, j + 2),
+        (i + 2, j - 2),
+        (i - 2, j - 2),
+    ] {
         let d = (y.i((.., .., a, b)).unwrap() - y2.i((.., .., a, b)).unwrap()).unwrap();
-        assert!(vec(&d.abs().unwrap()).iter().any(|v| *v > 1e-4), "({a},{b}) unchanged");
+        assert!(
+            vec(&d.abs().unwrap()).iter().any(|v| *v > 1e-4),
+            "({a},{b}) unchanged"
+        );
     }
     // After squeeze-excitation y(i, j) changes only through the per-channel gate, exactly as
     // an unaffected pixel does.
@@ -137,7 +162,10 @@ fn sspcab_never_reads_the_centre_pixel() {
     let ratio = |p: (usize, usize)| -> Vec<f32> {
         let a = vec(&o.i((.., .., p.0, p.1)).unwrap());
         let b = vec(&o2.i((.., .., p.0, p.1)).unwrap());
-        a.iter().zip(&b).map(|(a, b)| if *a > 1e-6 { b / a } else { f32::NAN }).collect()
+        a.iter()
+            .zip(&b)
+            .map(|(a, b)| if *a > 1e-6 { b / a } else { f32::NAN })
+            .collect()
     };
     let centre = ratio((i, j));
     let far = ratio((0, 7));
@@ -197,23 +225,35 @@ fn batch_norm_train_uses_batch_statistics_eval_running_ones() {
     let mean = vec(&y.mean((0, 2, 3)).unwrap());
     let var = vec(&y.sqr().unwrap().mean((0, 2, 3)).unwrap());
     for (m, v) in mean.iter().zip(&var) {
-        assert!(m.abs() < 1e-4 && (v - 1.0).abs() < 1e-3, "mean {m}, var {v}");
+        assert!(
+            m.abs() < 1e-4 && (v - 1.0).abs() < 1e-3,
+            "mean {m}, var {v}"
+        );
     }
     // The running statistics moved from (0, 1) by momentum 0.1 towards the batch's.
     let rm = vec(&var_named(&vm, "bn.running_mean"));
-    assert!(rm.iter().all(|v| *v > 0.0), "ReLU outputs have a positive mean: {rm:?}");
+    assert!(
+        rm.iter().all(|v| *v > 0.0),
+        "ReLU outputs have a positive mean: {rm:?}"
+    );
 
     // Eval: (x − running mean) / √(running var + eps), the same for an item alone or in a
     // batch, and the statistics stay put.
     let before = vec(&var_named(&vm, "bn.running_var"));
     let e_batch = unit.forward_t(&x, false).unwrap();
     let e_one = unit.forward_t(&x.narrow(0, 1, 1).unwrap(), false).unwrap();
-    let d = (e_batch.narrow(0, 1, 1).unwrap() - &e_one).unwrap().abs().unwrap();
+    let d = (e_batch.narrow(0, 1, 1).unwrap() - &e_one)
+        .unwrap()
+        .abs()
+        .unwrap();
     assert!(vec(&d).iter().all(|v| *v < 1e-6));
     assert_eq!(before, vec(&var_named(&vm, "bn.running_var")));
     let t_one = unit.forward_t(&x.narrow(0, 1, 1).unwrap(), true).unwrap();
     let d = (y.narrow(0, 1, 1).unwrap() - t_one).unwrap().abs().unwrap();
-    assert!(vec(&d).iter().any(|v| *v > 1e-3), "train mode should depend on the batch");
+    assert!(
+        vec(&d).iter().any(|v| *v > 1e-3),
+        "train mode should depend on the batch"
+    );
 }
 
 fn var_named(vm: &VarMap, name: &str) -> Tensor {
@@ -230,7 +270,10 @@ fn student_train_mode_updates_running_stats_and_eval_does_not() {
     let t: Vec<Tensor> = (0..4)
         .map(|i| random(&[2, ch[i], sizes[i], sizes[i]], 20 + i as u64, true))
         .collect();
-    let names = ["decoder.stage3.block1.bn2.running_mean", "residual.r01.c3.bn.running_var"];
+    let names = [
+        "decoder.stage3.block1.bn2.running_mean",
+        "residual.r01.c3.bn.running_var",
+    ];
     let snapshot = || names.map(|n| vec(&var_named(&vm, n)));
     let init = snapshot();
     s.forward_t(&t, false).unwrap();
@@ -253,7 +296,11 @@ fn seeded_init_is_reproducible_and_follows_the_spec() {
     let (a, b, c) = (build(1), build(1), build(2));
     let names: Vec<String> = a.data().lock().unwrap().keys().cloned().collect();
     for n in &names {
-        assert_eq!(vec(&var(&a, n)), vec(&var(&b, n)), "{n} differs for one seed");
+        assert_eq!(
+            vec(&var(&a, n)),
+            vec(&var(&b, n)),
+            "{n} differs for one seed"
+        );
     }
     let n = "decoder.stage0.block1.conv2.weight";
     assert_ne!(vec(&var(&a, n)), vec(&var(&c, n)));
@@ -262,7 +309,11 @@ fn seeded_init_is_reproducible_and_follows_the_spec() {
     // Conv2d: Kaiming-normal, fan-out, ReLU gain.
     let w = vec(&var(&a, "bottleneck.attention.conv1.weight"));
     let expected = (2.0f32 / (224.0 * 9.0)).sqrt();
-    assert!((std(&w) / expected - 1.0).abs() < 0.02, "{} vs {expected}", std(&w));
+    assert!(
+        (std(&w) / expected - 1.0).abs() < 0.02,
+        "{} vs {expected}",
+        std(&w)
+    );
     // Transposed conv: uniform ±1/√(Cout·4).
     let w = vec(&var(&a, "decoder.stage0.block0.conv1.weight"));
     let bound = 1.0 / (112.0f32 * 4.0).sqrt();
@@ -274,7 +325,12 @@ fn seeded_init_is_reproducible_and_follows_the_spec() {
     let l = vec(&var(&a, "bottleneck.sspcab.se.fc2.weight"));
     assert!(l.iter().all(|v| v.abs() <= 1.0 / 28f32.sqrt()));
     // BatchNorm: γ 1, β 0, statistics (0, 1).
-    for (name, value) in [("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)] {
+    for (name, value) in [
+        ("weight", 1.0),
+        ("bias", 0.0),
+        ("running_mean", 0.0),
+        ("running_var", 1.0),
+    ] {
         let v = vec(&var(&a, &format!("decoder.stage1.block0.bn1.{name}")));
         assert!(v.iter().all(|x| *x == value), "{name}");
     }

@@ -10,7 +10,11 @@ use fabric_train::summary::{student_macs, student_param_counts, Summary};
 
 fn assert_close(what: &str, got: f64, expected: f64) {
     let rel = (got - expected).abs() / expected;
-    assert!(rel <= 0.01, "{what}: got {got}, expected {expected} (off by {:.2} %)", rel * 100.0);
+    assert!(
+        rel <= 0.01,
+        "{what}: got {got}, expected {expected} (off by {:.2} %)",
+        rel * 100.0
+    );
 }
 
 #[test]
@@ -46,7 +50,11 @@ fn lite0_whole_forward() {
     assert_close("whole forward MACs", s.total_macs() as f64, 0.79e9);
     assert_close("teacher MACs", s.teacher.macs as f64, 0.32e9);
     let table = s.to_string();
-    let expect = if s.teacher_weights == "random" { "seeded random" } else { "pretrained" };
+    let expect = if s.teacher_weights == "random" {
+        "seeded random"
+    } else {
+        "pretrained"
+    };
     assert!(table.contains(expect), "{table}");
 }
 
@@ -69,14 +77,25 @@ fn closed_form_params(ch: [usize; 4], variant: Variant) -> [usize; 3] {
         Variant::Dg => 0,
     };
 
-    let up = |cin: usize, cout: usize| 4 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
-        + 4 * cin * cout + 2 * cout;
+    let up = |cin: usize, cout: usize| {
+        4 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout + 4 * cin * cout + 2 * cout
+    };
     let same = |cin: usize, cout: usize| {
-        let shortcut = if cin != cout { cin * cout + 2 * cout } else { 0 };
+        let shortcut = if cin != cout {
+            cin * cout + 2 * cout
+        } else {
+            0
+        };
         9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout + shortcut
     };
-    let decoder = up(e, c3) + same(c3, c3) + up(c3, c2) + same(c2, c2) + up(c2, c1)
-        + same(c1, c1) + same(c1, c0) + same(c0, c0);
+    let decoder = up(e, c3)
+        + same(c3, c3)
+        + up(c3, c2)
+        + same(c2, c2)
+        + up(c2, c1)
+        + same(c1, c1)
+        + same(c1, c0)
+        + same(c0, c0);
     [bottleneck, residual, decoder]
 }
 
@@ -94,7 +113,10 @@ fn parameter_counts_follow_any_channel_set() {
             );
             // The optimiser's list is exactly the counted parameters: no BN statistics.
             let trainable: usize = trainable_vars(&vm).iter().map(|v| v.elem_count()).sum();
-            assert_eq!(trainable, closed_form_params(ch, variant).iter().sum::<usize>());
+            assert_eq!(
+                trainable,
+                closed_form_params(ch, variant).iter().sum::<usize>()
+            );
             let data = vm.data().lock().unwrap();
             let stats = data.keys().filter(|k| is_bn_statistic(k)).count();
             let bn_weights = data
@@ -102,7 +124,11 @@ fn parameter_counts_follow_any_channel_set() {
                 .filter(|k| k.ends_with("bn.weight") || k.contains(".bn1.") || k.contains(".bn2."))
                 .filter(|k| k.ends_with(".weight"))
                 .count();
-            assert_eq!(stats, 2 * bn_weights, "every BatchNorm has two saved statistics");
+            assert_eq!(
+                stats,
+                2 * bn_weights,
+                "every BatchNorm has two saved statistics"
+            );
         }
     }
 }
@@ -120,8 +146,14 @@ fn student_macs_of_lite0_by_hand() {
         let sc = if cin != cout { cin * cout * h * h } else { 0 };
         (cin * cout + cout * cout) * 9 * h * h + sc
     };
-    let decoder = up(224, 112, 8) + same(112, 112, 16) + up(112, 40, 16) + same(40, 40, 32)
-        + up(40, 24, 32) + same(24, 24, 64) + same(24, 16, 64) + same(16, 16, 64);
+    let decoder = up(224, 112, 8)
+        + same(112, 112, 16)
+        + up(112, 40, 16)
+        + same(40, 40, 32)
+        + up(40, 24, 32)
+        + same(24, 24, 64)
+        + same(24, 16, 64)
+        + same(16, 16, 64);
     let vm = VarMap::new();
     let vb = seeded_var_builder(&vm, 1, DType::F32, &Device::Cpu);
     let s = Student::new(vb, [16, 24, 40, 112], Variant::Residual).unwrap();

@@ -13,7 +13,9 @@ fn scalar(t: &Tensor) -> f32 {
 
 fn pattern(shape: [usize; 4], k: usize) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|i| ((i * 31 + k * 17) % 23) as f32 / 7.0 - 1.3).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((i * 31 + k * 17) % 23) as f32 / 7.0 - 1.3)
+        .collect();
     t4(&v, shape)
 }
 
@@ -36,7 +38,12 @@ fn opposite_features_give_two_per_pixel() {
     let t = pyramid(3, 2);
     let s: Vec<Tensor> = t.iter().map(|x| x.neg().unwrap()).collect();
     for (t, s) in t.iter().zip(&s) {
-        let d = cos_distance(t, s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let d = cos_distance(t, s)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(d.iter().all(|v| (v - 2.0).abs() < 1e-5), "{d:?}");
     }
     // Mean over pixels is 2, summed over the batch of 3 → 6 per layer; ¼ · 4 layers → 6.
@@ -61,8 +68,12 @@ fn hand_computed_case_with_batch_sum_and_alpha() {
     let loss_b = 1.0 + 0.2;
     let alpha = [0.3, 0.7];
     let expected = 0.3 * loss_a + 0.7 * loss_b;
-    let got = scalar(&rrd_loss(&[ta.clone(), tb.clone()], &[sa.clone(), sb.clone()], &alpha).unwrap());
-    assert!((got - expected).abs() < 1e-5, "got {got}, expected {expected}");
+    let got =
+        scalar(&rrd_loss(&[ta.clone(), tb.clone()], &[sa.clone(), sb.clone()], &alpha).unwrap());
+    assert!(
+        (got - expected).abs() < 1e-5,
+        "got {got}, expected {expected}"
+    );
 
     let maps = cos_distance_maps(&[ta, tb], &[sa, sb]).unwrap();
     assert_eq!(maps[0].dims(), &[2, 1, 2]);
@@ -93,7 +104,13 @@ fn a_zero_student_pixel_has_distance_one_and_a_finite_gradient() {
     assert!((v[0] - 1.0).abs() < 1e-6, "{v:?}");
     let l = rrd_loss(&[t], &[s.as_tensor().clone()], &[1.0]).unwrap();
     let g = l.backward().unwrap();
-    let g = g.get(&s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = g
+        .get(&s)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(g.iter().all(|x| x.is_finite()), "{g:?}");
 }
 

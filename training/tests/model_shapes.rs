@@ -42,7 +42,11 @@ fn check_shapes(ch: [usize; 4], variant: Variant, n: usize, h: usize, w: usize) 
         let tr = s.trace(&t, train).unwrap();
         let (h2, w2, h4, w4, h8, w8) = (h / 2, w / 2, h / 4, w / 4, h / 8, w / 8);
         assert_eq!(tr.fused.dims(), &[n, c3, h4, w4], "fusion");
-        assert_eq!(tr.embedded.dims(), &[n, 2 * c3, h8, w8], "embedding C1 units");
+        assert_eq!(
+            tr.embedded.dims(),
+            &[n, 2 * c3, h8, w8],
+            "embedding C1 units"
+        );
         assert_eq!(tr.sspcab.dims(), &[n, 2 * c3, h8, w8], "SSPCAB");
         assert_eq!(tr.embedding.dims(), &[n, 2 * c3, h8, w8], "Attention2");
         match (variant, &tr.residual) {
@@ -54,7 +58,12 @@ fn check_shapes(ch: [usize; 4], variant: Variant, n: usize, h: usize, w: usize) 
             (Variant::Dg, None) => {}
             (v, r) => panic!("variant {v} has residual paths: {}", r.is_some()),
         }
-        let expected = [[n, c3, h4, w4], [n, c2, h2, w2], [n, c1, h, w], [n, c0, h, w]];
+        let expected = [
+            [n, c3, h4, w4],
+            [n, c2, h2, w2],
+            [n, c1, h, w],
+            [n, c0, h, w],
+        ];
         for (k, (stage, e)) in tr.stages.iter().zip(expected).enumerate() {
             assert_eq!(stage.dims(), &e, "decoder stage {k}");
         }
@@ -119,10 +128,16 @@ fn widths_follow_the_teacher_channels() {
     // Decoder: transposed convs [Cin, Cout, 2, 2]; stage 3 changes 24 → 16 with a 1×1
     // projection shortcut.
     assert_eq!(dims("decoder.stage0.block0.conv1.weight"), [224, 112, 2, 2]);
-    assert_eq!(dims("decoder.stage0.block0.shortcut.conv.weight"), [224, 112, 2, 2]);
+    assert_eq!(
+        dims("decoder.stage0.block0.shortcut.conv.weight"),
+        [224, 112, 2, 2]
+    );
     assert_eq!(dims("decoder.stage2.block0.conv1.weight"), [40, 24, 2, 2]);
     assert_eq!(dims("decoder.stage3.block0.conv1.weight"), [16, 24, 3, 3]);
-    assert_eq!(dims("decoder.stage3.block0.shortcut.conv.weight"), [16, 24, 1, 1]);
+    assert_eq!(
+        dims("decoder.stage3.block0.shortcut.conv.weight"),
+        [16, 24, 1, 1]
+    );
     assert_eq!(dims("decoder.stage3.block0.shortcut.bn.running_var"), [16]);
     assert!(var_dims(&vm, "decoder.stage3.block1.shortcut.conv.weight").is_none());
 
@@ -130,7 +145,10 @@ fn widths_follow_the_teacher_channels() {
     assert!(var_dims(&vm, "decoder.stage3.block0.shortcut.conv.weight").is_none());
     assert!(var_dims(&vm, "decoder.stage1.block1.shortcut.conv.weight").is_none());
     let data = vm.data().lock().unwrap();
-    assert!(data.keys().all(|k| !k.starts_with("residual.")), "dg has residual weights");
+    assert!(
+        data.keys().all(|k| !k.starts_with("residual.")),
+        "dg has residual weights"
+    );
 }
 
 #[test]
@@ -143,7 +161,10 @@ fn wrong_inputs_are_rejected_with_the_feature_named() {
     let err = s.forward_t(&t[..3], false).unwrap_err().to_string();
     assert!(err.contains("4 teacher features"), "{err}");
     let t = features(LITE0, 1, 12, 12, 2);
-    assert!(s.forward_t(&t, false).is_err(), "12×12 T0 is not a multiple of 8");
+    assert!(
+        s.forward_t(&t, false).is_err(),
+        "12×12 T0 is not a multiple of 8"
+    );
 }
 
 #[test]

@@ -82,7 +82,10 @@ fn saved_variables_restore_the_student_bn_statistics_included() {
     let path = dir.path().join("student.safetensors");
     vm.save(&path).unwrap();
     let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
-    assert!(names.iter().any(|n| n.ends_with(".running_var")), "statistics not saved");
+    assert!(
+        names.iter().any(|n| n.ends_with(".running_var")),
+        "statistics not saved"
+    );
 
     let mut fresh = VarMap::new();
     let vb = seeded_var_builder(&fresh, 99, DType::F32, &Device::Cpu);
@@ -90,7 +93,14 @@ fn saved_variables_restore_the_student_bn_statistics_included() {
     fresh.load(&path).unwrap();
     let got = restored.forward_t(&t, false).unwrap();
     for (a, b) in expected.iter().zip(&got) {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0);
     }
 }

@@ -335,6 +335,17 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
     };
     let rrd = Rrd::build(backbone, &[], weights, variant, SEED, &Device::Cpu).unwrap();
     randomise_student_bn(&rrd, SEED);
+    let meta = model_meta(&rrd, &untrained_info(InputMode::Tile, SIZE as u32, SEED));
+    check_model(&test, &rrd, &meta, big_batch, small);
+}
+
+/// Exports `rrd` with `meta` and runs every comparison (see the module doc).
+fn check_model(test: &str, rrd: &Rrd, meta: &ModelMeta, big_batch: bool, small: bool) {
+    let (backbone, variant) = (meta.backbone, meta.variant);
+    assert_eq!(
+        meta.input_size as usize, SIZE,
+        "{test}: parity runs at 256×256"
+    );
     let student64 = {
         let vm = candle_nn::VarMap::new();
         let vb = fabric_train::model::seeded_var_builder(&vm, SEED, DType::F64, &Device::Cpu);
@@ -347,18 +358,17 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
         }
         st
     };
-    let meta = model_meta(&rrd, &untrained_info(InputMode::Tile, SIZE as u32, SEED));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
-    export_model(&rrd, &meta, &out).unwrap();
+    export_model(rrd, meta, &out).unwrap();
     assert_eq!(
-        ModelMeta::load(&out).unwrap(),
+        &ModelMeta::load(&out).unwrap(),
         meta,
         "model.yaml round trip"
     );
     let engine = Engine::load(
         &out,
-        &meta,
+        meta,
         &EngineOptions {
             threads: Some(2),
             ..Default::default()
@@ -407,7 +417,7 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
     };
     let mut worst = 0f32;
     for (what, input, n) in &inputs {
-        let (cand32, ct, cs32) = candle_feats(&rrd, input, *n);
+        let (cand32, ct, _) = candle_feats(rrd, input, *n);
         let onnx = onnx_feats(&engine, input, *n);
 
         // The reference: candle's teacher (f32, its only precision) and candle's student
@@ -445,8 +455,8 @@ fn check(backbone: Backbone, variant: Variant, big_batch: bool, small: bool) {
             .map(|(d, s)| Tensor::from_slice(d, s.to_vec(), &Device::Cpu).unwrap())
             .collect();
         let same = student64_forward(&student64, &t_onnx);
-        for i in 0..4 {
-            let want = flat_tensor(&same[i]).0;
+        for (i, st) in same.iter().enumerate() {
+            let want = flat_tensor(st).0;
             worst = worst.max(compare(
                 what,
                 &format!("S{i} on the same T0..T3"),
@@ -515,4 +525,21 @@ fn parity_resnet34_residual() {
 #[test]
 fn parity_resnet34_dg() {
     check(Backbone::Resnet34, Variant::Dg, false, true);
+}
+
+/// The trained run named by `FABRIC_PARITY_RUN` (e.g. the fabric00 run of `make train`),
+/// exported and compared like the untrained models; skipped when the variable is unset.
+#[test]
+fn parity_trained_run() {
+    let Some(run) = std::env::var_os("FABRIC_PARITY_RUN").map(PathBuf::from) else {
+        eprintln!("skipping parity_trained_run: FABRIC_PARITY_RUN not set");
+        return;
+    };
+    if !ort_available("parity_trained_run") {
+        return;
+    }
+    let (rrd, meta) =
+        fabric_train::export::load_run(&run, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let small = meta.backbone == Backbone::Resnet34;
+    check_model("parity_trained_run", &rrd, &meta, false, small);
 }

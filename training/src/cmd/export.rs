@@ -94,7 +94,11 @@ pub fn run(args: Args, _ctx: &super::Ctx) -> anyhow::Result<()> {
         summary.bytes[0] as f64 / 1e6,
         summary.nodes[1],
         summary.bytes[1] as f64 / 1e6,
-        meta.threshold
+        if meta.validation.is_some() {
+            format!("{:.6}", meta.threshold)
+        } else {
+            "unset (untrained; run calibrate)".to_string()
+        }
     );
     Ok(())
 }

@@ -1,0 +1,709 @@
+//! Convolutions for training on the CPU as matrix products (im2col + GEMM), with their
+//! backward passes.
+//!
+//! candle's CPU convolution computes the input gradient with a plain transposed-convolution
+//! loop and the weight gradient as a convolution with a kernel the size of the feature map,
+//! which dominates a training step. Here every pass is one matrix product per image:
+//!
+//! ```text
+//! conv forward          y[n]  = W · cols(x[n])                W: [Cout, Cin·k·k]
+//! conv input grad       dx[n] = col2im(Wᵀ · g[n])
+//! conv weight grad      dW    = Σ_n g[n] · cols(x[n])ᵀ
+//! transposed forward    y[n]  = col2im(Wᵀ · x[n])             W: [Cin, Cout·k·k]
+//! transposed input grad dx[n] = W · cols(g[n])
+//! transposed weight grad dW   = Σ_n x[n] · cols(g[n])ᵀ
+//! ```
+//!
+//! `cols(x)` is the `[C·k·k, Ho·Wo]` matrix of the k×k windows of `x` (zero outside the map,
+//! rows ordered channel, kernel row, kernel column), `col2im` its adjoint (sums the columns
+//! back onto the map). A 1×1 convolution with stride 1 needs neither: `cols(x)` is `x`
+//! itself. The 2×2 stride-2 transposed convolution of the decoder has disjoint windows, so
+//! its `col2im` is a plain scatter.
+//!
+//! The products go through the `gemm` crate (the one behind candle's `matmul`), with
+//! candle's thread count. Results equal candle's convolutions up to float rounding.
+//! [`conv2d_layer`] and [`conv_transpose2d_layer`] take the layers of `candle_nn` (same
+//! parameter tensors, so checkpoints and the exporter see no difference) and fall back to
+//! candle's own forward off the CPU, for non-f32 tensors, dilation or groups, or while
+//! [`set_fast_convs`] has turned the fast path off on the calling thread.
+
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn::{Conv2d, ConvTranspose2d};
+use rayon::prelude::*;
+
+thread_local! {
+    static FAST: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns the fast convolutions on or off for layers run from the calling thread (on by
+/// default). Off, the student runs candle's own convolutions: the straightforward path that
+/// tests compare against.
+pub fn set_fast_convs(enabled: bool) {
+    FAST.with(|f| f.set(enabled));
+}
+
+/// Whether layers run from the calling thread use the fast convolutions.
+pub fn fast_convs_enabled() -> bool {
+    FAST.with(Cell::get)
+}
+
+/// Square window of a convolution: kernel side, stride, zero padding on every side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl Window {
+    /// Output side of the window sliding over a side of `n` pixels.
+    fn out(&self, n: usize) -> Result<usize> {
+        let padded = n + 2 * self.pad;
+        if padded < self.k || self.stride == 0 {
+            candle_core::bail!(
+                "convolution: kernel {} with padding {} does not fit a side of {n}",
+                self.k,
+                self.pad
+            )
+        }
+        Ok((padded - self.k) / self.stride + 1)
+    }
+
+    /// Whether `cols(x)` is `x` itself.
+    fn is_identity(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// Geometry of one map `[c, h, w]` and the `oh × ow` grid of windows over it.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    win: Window,
+}
+
+impl Geom {
+    fn new(c: usize, h: usize, w: usize, win: Window) -> Result<Self> {
+        Ok(Self {
+            c,
+            h,
+            w,
+            oh: win.out(h)?,
+            ow: win.out(w)?,
+            win,
+        })
+    }
+
+    /// Rows of `cols`: `c·k·k`.
+    fn rows(&self) -> usize {
+        self.c * self.win.k * self.win.k
+    }
+
+    /// Columns of `cols`: `oh·ow`.
+    fn cols(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Source index along one side for output position `o` and kernel offset `kk`, or `None`
+    /// in the zero padding.
+    #[inline]
+    fn src(&self, o: usize, kk: usize, n: usize) -> Option<usize> {
+        let i = (o * self.win.stride + kk) as isize - self.win.pad as isize;
+        (i >= 0 && (i as usize) < n).then_some(i as usize)
+    }
+
+    /// Writes `cols(x)` (`rows() × cols()`) for one map `x` (`c·h·w`).
+    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        let (k, p) = (self.win.k, self.cols());
+        cols.par_chunks_mut(p)
+            .enumerate()
+            .with_min_len(4)
+            .for_each(|(r, row)| {
+                let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+                for oy in 0..self.oh {
+                    let dst = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                    let Some(iy) = self.src(oy, ky, self.h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let line = &plane[iy * self.w..(iy + 1) * self.w];
+                    if self.win.stride == 1 {
+                        // ix = ox + kx − pad: one contiguous run, zeros at both ends.
+                        let shift = kx as isize - self.win.pad as isize;
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = ox as isize + shift;
+                            *d = if ix >= 0 && (ix as usize) < self.w {
+                                line[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            *d = self.src(ox, kx, self.w).map_or(0.0, |ix| line[ix]);
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Adds the columns of `cols` (`rows() × cols()`) back onto one map `img` (`c·h·w`,
+    /// overwritten): the adjoint of [`Geom::im2col`].
+    fn col2im(&self, cols: &[f32], img: &mut [f32]) {
+        let (k, p) = (self.win.k, self.cols());
+        let plane_len = self.h * self.w;
+        img.par_chunks_mut(plane_len)
+            .enumerate()
+            .for_each(|(ci, plane)| {
+                plane.fill(0.0);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let r = (ci * k + ky) * k + kx;
+                        let row = &cols[r * p..(r + 1) * p];
+                        for oy in 0..self.oh {
+                            let Some(iy) = self.src(oy, ky, self.h) else {
+                                continue;
+                            };
+                            let line = &mut plane[iy * self.w..(iy + 1) * self.w];
+                            let src = &row[oy * self.ow..(oy + 1) * self.ow];
+                            for (ox, &v) in src.iter().enumerate() {
+                                if let Some(ix) = self.src(ox, kx, self.w) {
+                                    line[ix] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// Row-major matrix view for [`gemm`]: pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl Mat {
+    /// A row-major `[_, cols]` matrix.
+    fn rows(s: &[f32], cols: usize) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[_, cols]` matrix.
+    fn transposed(s: &[f32], cols: usize) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, `dst` row-major `m × n`; accumulates when
+/// `accumulate`, overwrites otherwise.
+fn gemm(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, accumulate: bool) {
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every caller passes `lhs`/`rhs` views over slices that hold at least the
+    // `m × k` / `k × n` elements their strides address (checked by the shapes computed in
+    // the ops below), and `dst` holds `m × n` values (asserted above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The f32 slice of a contiguous CPU tensor argument.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 tensors only")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: arguments must be contiguous"),
+    }
+}
+
+fn dims4(l: &Layout, op: &str, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[a, b, c, d] => Ok((a, b, c, d)),
+        d => candle_core::bail!("{op}: {what} must be 4-D, got shape {d:?}"),
+    }
+}
+
+/// `y[n] = W · cols(x[n])`: args `x [N, C, H, W]`, `w [M, C, k, k]` → `[N, M, Ho, Wo]`.
+/// With its backward pass this is the convolution.
+#[derive(Debug, Clone, Copy)]
+struct WindowProduct {
+    win: Window,
+}
+
+/// `y[n] = col2im(Wᵀ · x[n])`: args `x [N, C, H, W]` (a grid of windows), `w [C, M, k, k]`
+/// → maps `[N, M, out_h, out_w]` whose window grid is `H × W`. With its backward pass this
+/// is the transposed convolution.
+#[derive(Debug, Clone, Copy)]
+struct WindowScatter {
+    win: Window,
+    out_h: usize,
+    out_w: usize,
+}
+
+/// `dW = Σ_n a[n] · cols(b[n])ᵀ`: args `a [N, M, Ho, Wo]`, `b [N, C, H, W]` → `[M, C, k, k]`.
+#[derive(Debug, Clone, Copy)]
+struct WindowGradient {
+    win: Window,
+}
+
+impl CustomOp2 for WindowProduct {
+    fn name(&self) -> &'static str {
+        "fast-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (x, w) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
+        let (n, c, h, wd) = dims4(l1, op, "input")?;
+        let (m, wc, kh, kw) = dims4(l2, op, "weight")?;
+        if wc != c || kh != self.win.k || kw != self.win.k {
+            candle_core::bail!(
+                "{op}: weight {:?} does not fit input {:?} with a {}×{} kernel",
+                l2.dims(),
+                l1.dims(),
+                self.win.k,
+                self.win.k
+            )
+        }
+        let g = Geom::new(c, h, wd, self.win)?;
+        let (kdim, p) = (g.rows(), g.cols());
+        let mut y = vec![0f32; n * m * p];
+        let mut cols = if self.win.is_identity() {
+            Vec::new()
+        } else {
+            vec![0f32; kdim * p]
+        };
+        for (xi, yi) in x.chunks_exact(c * h * wd).zip(y.chunks_exact_mut(m * p)) {
+            let rhs = if self.win.is_identity() {
+                Mat::rows(xi, p)
+            } else {
+                g.im2col(xi, &mut cols);
+                Mat::rows(&cols, p)
+            };
+            gemm(yi, m, p, kdim, Mat::rows(w, kdim), rhs, false);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, m, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let grad = grad.contiguous()?;
+        let scatter = WindowScatter {
+            win: self.win,
+            out_h: h,
+            out_w: wd,
+        };
+        let dx = grad.apply_op2_no_bwd(w, &scatter)?;
+        let dw = grad.apply_op2_no_bwd(x, &WindowGradient { win: self.win })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp2 for WindowScatter {
+    fn name(&self) -> &'static str {
+        "fast-conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (x, w) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
+        let (n, c, h, wd) = dims4(l1, op, "input")?;
+        let (wc, m, kh, kw) = dims4(l2, op, "weight")?;
+        if wc != c || kh != self.win.k || kw != self.win.k {
+            candle_core::bail!(
+                "{op}: weight {:?} does not fit input {:?} with a {}×{} kernel",
+                l2.dims(),
+                l1.dims(),
+                self.win.k,
+                self.win.k
+            )
+        }
+        let g = Geom::new(m, self.out_h, self.out_w, self.win)?;
+        if (g.oh, g.ow) != (h, wd) {
+            candle_core::bail!(
+                "{op}: a {}×{} output has a {}×{} window grid, the input is {h}×{wd}",
+                self.out_h,
+                self.out_w,
+                g.oh,
+                g.ow
+            )
+        }
+        let (kdim, p) = (g.rows(), g.cols());
+        let img = m * self.out_h * self.out_w;
+        let mut y = vec![0f32; n * img];
+        let mut cols = if self.win.is_identity() {
+            Vec::new()
+        } else {
+            vec![0f32; kdim * p]
+        };
+        for (xi, yi) in x.chunks_exact(c * p).zip(y.chunks_exact_mut(img)) {
+            let lhs = Mat::transposed(w, kdim);
+            if self.win.is_identity() {
+                gemm(yi, kdim, p, c, lhs, Mat::rows(xi, p), false);
+            } else {
+                gemm(&mut cols, kdim, p, c, lhs, Mat::rows(xi, p), false);
+                g.col2im(&cols, yi);
+            }
+        }
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((n, m, self.out_h, self.out_w)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(w, &WindowProduct { win: self.win })?;
+        let dw = x.apply_op2_no_bwd(&grad, &WindowGradient { win: self.win })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp2 for WindowGradient {
+    fn name(&self) -> &'static str {
+        "fast-conv-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (a, b) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
+        let (n, m, ah, aw) = dims4(l1, op, "gradient")?;
+        let (nb, c, h, w) = dims4(l2, op, "input")?;
+        let g = Geom::new(c, h, w, self.win)?;
+        if nb != n || (g.oh, g.ow) != (ah, aw) {
+            candle_core::bail!(
+                "{op}: gradient {:?} does not match input {:?}",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        let (kdim, p) = (g.rows(), g.cols());
+        let mut dw = vec![0f32; m * kdim];
+        let mut cols = if self.win.is_identity() {
+            Vec::new()
+        } else {
+            vec![0f32; kdim * p]
+        };
+        for (i, (ai, bi)) in a
+            .chunks_exact(m * p)
+            .zip(b.chunks_exact(c * h * w))
+            .enumerate()
+        {
+            let rhs = if self.win.is_identity() {
+                Mat::transposed(bi, p)
+            } else {
+                g.im2col(bi, &mut cols);
+                Mat::transposed(&cols, p)
+            };
+            gemm(&mut dw, m, kdim, p, Mat::rows(ai, p), rhs, i > 0);
+        }
+        let k = self.win.k;
+        Ok((CpuStorage::F32(dw), Shape::from((m, c, k, k))))
+    }
+}
+
+/// Whether the fast path can run on these tensors.
+fn supported(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32
+}
+
+/// 2-D convolution, NCHW: `x [N, Cin, H, W]`, `weight [Cout, Cin, k, k]`, optional `bias
+/// [Cout]`, square stride and zero padding (no dilation, no groups). CPU, f32.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    if kh != kw {
+        candle_core::bail!("fast conv2d: square kernels only, got {kh}×{kw}")
+    }
+    let win = Window {
+        k: kh,
+        stride,
+        pad: padding,
+    };
+    let y = x
+        .contiguous()?
+        .apply_op2(&weight.contiguous()?, WindowProduct { win })?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// 2-D transposed convolution, NCHW: `x [N, Cin, H, W]`, `weight [Cin, Cout, k, k]`, square
+/// stride and padding, no output padding, dilation or bias: output side `(H − 1)·stride −
+/// 2·padding + k`. CPU, f32.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    if kh != kw || stride == 0 {
+        candle_core::bail!("fast conv_transpose2d: square kernels and stride ≥ 1 only")
+    }
+    let side = |n: usize| -> Result<usize> {
+        ((n.max(1) - 1) * stride + kh)
+            .checked_sub(2 * padding)
+            .ok_or_else(|| candle_core::Error::Msg("transposed conv: padding too large".into()))
+    };
+    let op = WindowScatter {
+        win: Window {
+            k: kh,
+            stride,
+            pad: padding,
+        },
+        out_h: side(h)?,
+        out_w: side(w)?,
+    };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+}
+
+/// A `candle_nn` convolution layer's forward through [`conv2d`] where supported (see the
+/// module doc), candle's own forward otherwise.
+pub fn conv2d_layer(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let cfg = conv.config();
+    let w = conv.weight();
+    if fast_convs_enabled() && supported(x, w) && cfg.dilation == 1 && cfg.groups == 1 {
+        let (_, _, kh, kw) = w.dims4()?;
+        if kh == kw {
+            return conv2d(x, w, conv.bias(), cfg.stride, cfg.padding);
+        }
+    }
+    conv.forward(x)
+}
+
+/// A `candle_nn` transposed convolution layer's forward through [`conv_transpose2d`] where
+/// supported (see the module doc), candle's own forward otherwise.
+pub fn conv_transpose2d_layer(ct: &ConvTranspose2d, x: &Tensor) -> Result<Tensor> {
+    let cfg = ct.config();
+    let w = ct.weight();
+    let plain = cfg.dilation == 1 && cfg.output_padding == 0 && ct.bias().is_none();
+    if fast_convs_enabled() && supported(x, w) && plain {
+        let (_, _, kh, kw) = w.dims4()?;
+        if kh == kw {
+            return conv_transpose2d(x, w, cfg.stride, cfg.padding);
+        }
+    }
+    ct.forward(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn ramp(shape: &[usize], scale: f32, salt: usize) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (((i + salt) * 7919 % 101) as f32 / 101.0 - 0.5) * scale)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let s = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d.to_scalar::<f32>().unwrap() / s.max(1e-6)
+    }
+
+    /// Forward and both gradients of the fast conv against candle's, for one geometry.
+    fn check_conv(
+        n: usize,
+        cin: usize,
+        cout: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) {
+        let x = Var::from_tensor(&ramp(&[n, cin, h, w], 2.0, 1)).unwrap();
+        let wt = Var::from_tensor(&ramp(&[cout, cin, k, k], 1.0, 2)).unwrap();
+        let b = Var::from_tensor(&ramp(&[cout], 1.0, 3)).unwrap();
+        let fast = conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
+        let slow = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), p, s, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(fast.dims(), slow.dims());
+        let what = format!("conv n{n} {cin}→{cout} {h}×{w} k{k} s{s} p{p}");
+        assert!(max_rel_diff(&fast, &slow) < 1e-5, "{what}: forward");
+        let up = ramp(fast.dims(), 1.0, 4);
+        let gf = (&fast * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (&slow * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("input", &x), ("weight", &wt), ("bias", &b)] {
+            let d = max_rel_diff(gf.get(v).unwrap(), gs.get(v).unwrap());
+            assert!(d < 1e-5, "{what}: {name} gradient differs by {d}");
+        }
+    }
+
+    fn check_transposed(
+        n: usize,
+        cin: usize,
+        cout: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) {
+        let x = Var::from_tensor(&ramp(&[n, cin, h, w], 2.0, 5)).unwrap();
+        let wt = Var::from_tensor(&ramp(&[cin, cout, k, k], 1.0, 6)).unwrap();
+        let fast = conv_transpose2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+        let slow = x
+            .as_tensor()
+            .conv_transpose2d(wt.as_tensor(), p, 0, s, 1)
+            .unwrap();
+        assert_eq!(fast.dims(), slow.dims());
+        let what = format!("transposed n{n} {cin}→{cout} {h}×{w} k{k} s{s} p{p}");
+        assert!(max_rel_diff(&fast, &slow) < 1e-5, "{what}: forward");
+        let up = ramp(fast.dims(), 1.0, 7);
+        let gf = (&fast * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (&slow * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let d = max_rel_diff(gf.get(v).unwrap(), gs.get(v).unwrap());
+            assert!(d < 1e-5, "{what}: {name} gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn conv_matches_candle_forward_and_gradients() {
+        check_conv(2, 3, 5, 6, 7, 1, 1, 0); // plain matrix product
+        check_conv(2, 4, 3, 8, 8, 1, 2, 0); // stride-2 1×1 (even rows/columns)
+        check_conv(2, 4, 3, 7, 9, 1, 2, 0); // odd sides
+        check_conv(3, 3, 4, 6, 5, 3, 1, 1); // 3×3, pad 1
+        check_conv(1, 2, 3, 9, 9, 3, 2, 1); // 3×3, stride 2 (candle's own backward needs equal sides here)
+        check_conv(2, 2, 2, 6, 6, 5, 1, 2); // 5×5
+    }
+
+    #[test]
+    fn transposed_conv_matches_candle_forward_and_gradients() {
+        check_transposed(2, 5, 3, 3, 4, 2, 2, 0); // the decoder's 2×2 stride 2
+        check_transposed(2, 3, 4, 4, 4, 1, 1, 0);
+        check_transposed(1, 3, 2, 4, 5, 3, 1, 1);
+        check_transposed(1, 2, 3, 3, 3, 3, 2, 0); // overlapping windows
+    }
+
+    #[test]
+    fn layers_fall_back_when_turned_off() {
+        let x = ramp(&[1, 2, 4, 4], 1.0, 8);
+        let conv = Conv2d::new(ramp(&[3, 2, 3, 3], 1.0, 9), None, Default::default());
+        set_fast_convs(false);
+        assert!(!fast_convs_enabled());
+        let slow = conv2d_layer(&conv, &x).unwrap();
+        set_fast_convs(true);
+        let fast = conv2d_layer(&conv, &x).unwrap();
+        assert!(max_rel_diff(&fast, &slow) < 1e-5);
+    }
+}
