@@ -209,20 +209,18 @@ pub fn anomaly_maps_into(
         .iter()
         .map(|t| (axis_table(t.shape[2], out_h), axis_table(t.shape[3], out_w)))
         .collect();
-    out.par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(dist, rows), (item, o)| {
-                o.fill(0.0);
-                for (l, (t, s)) in teacher.iter().zip(student).enumerate() {
-                    let [_, c, h, w] = t.shape;
-                    dist.resize(h * w, 0.0);
-                    cos_distance_item(t.item(item), s.item(item), c, h * w, dist);
-                    upsample_add(dist, w, weights[l], &tables[l].0, &tables[l].1, o, rows);
-                }
-            },
-        );
+    out.par_chunks_mut(plane.max(1)).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(dist, rows), (item, o)| {
+            o.fill(0.0);
+            for (l, (t, s)) in teacher.iter().zip(student).enumerate() {
+                let [_, c, h, w] = t.shape;
+                dist.resize(h * w, 0.0);
+                cos_distance_item(t.item(item), s.item(item), c, h * w, dist);
+                upsample_add(dist, w, weights[l], &tables[l].0, &tables[l].1, o, rows);
+            }
+        },
+    );
     Ok(())
 }
 

@@ -366,6 +366,15 @@ fn frame_image(source: &FrameSource, seed: u64) -> (RgbImage, String) {
     }
 }
 
+/// What the frame runs produced.
+struct FrameRuns {
+    times: Vec<StageTimes>,
+    score: f32,
+    tiles: usize,
+    peak: Option<u64>,
+    sampled: Option<u64>,
+}
+
 /// Runs the frame `warmup + runs` times through the inspector; returns the stage times
 /// of the timed runs, the last score, the tile count, and the memory peaks.
 fn time_frame(
@@ -373,7 +382,7 @@ fn time_frame(
     img: &RgbImage,
     runs: usize,
     warmup: usize,
-) -> Result<(Vec<StageTimes>, f32, usize, Option<u64>, Option<u64>)> {
+) -> Result<FrameRuns> {
     for _ in 0..warmup {
         inspector.inspect_image(img)?;
     }
@@ -407,7 +416,13 @@ fn time_frame(
         None
     };
     let sampled = Some(rss_max.load(Ordering::Relaxed)).filter(|&b| b > 0);
-    Ok((times, score, tiles, peak, sampled))
+    Ok(FrameRuns {
+        times,
+        score,
+        tiles,
+        peak,
+        sampled,
+    })
 }
 
 /// Measures the network per batch size and the frame pipeline as `options` say.
@@ -467,8 +482,13 @@ pub fn run_bench(inspector: &Inspector, options: &BenchOptions) -> Result<BenchR
                 ));
             }
             let _span = tracing::info_span!("bench frame").entered();
-            let (times, score, tiles, peak, sampled) =
-                time_frame(inspector, &img, options.runs, options.warmup)?;
+            let FrameRuns {
+                times,
+                score,
+                tiles,
+                peak,
+                sampled,
+            } = time_frame(inspector, &img, options.runs, options.warmup)?;
             let col = |f: fn(&StageTimes) -> Duration| -> Result<Spread> {
                 Spread::of_nonempty(&times.iter().map(|t| ms(f(t))).collect::<Vec<_>>())
             };

@@ -117,9 +117,8 @@ fn anomaly_maps_match_the_per_pixel_definition() {
         .enumerate()
         .map(|(i, sh)| random_input(sh.iter().product(), 50 + i as u64))
         .collect();
-    for ch in 0..5 {
-        s[3][ch] = 0.0; // item 0 of the 1×1 layer: student vector of zeros
-    }
+    // Item 0 of the 1×1 layer: a student vector of zeros.
+    s[3][..5].fill(0.0);
     let weights = [0.5, 0.25, 1.0, 2.0];
     let tv: Vec<FeatureView> = t
         .iter()

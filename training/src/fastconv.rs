@@ -541,31 +541,41 @@ pub fn conv_transpose2d(
     x.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
-/// A `candle_nn` convolution layer's forward through [`conv2d`] where supported (see the
-/// module doc), candle's own forward otherwise.
-pub fn conv2d_layer(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+/// Whether [`conv2d_layer`] runs `conv` on `x` through [`conv2d`]: fast path on (see
+/// [`set_fast_convs`]), CPU, f32, square kernel, no dilation, no groups.
+pub fn conv2d_applies(conv: &Conv2d, x: &Tensor) -> bool {
     let cfg = conv.config();
     let w = conv.weight();
-    if fast_convs_enabled() && supported(x, w) && cfg.dilation == 1 && cfg.groups == 1 {
-        let (_, _, kh, kw) = w.dims4()?;
-        if kh == kw {
-            return conv2d(x, w, conv.bias(), cfg.stride, cfg.padding);
-        }
+    let square = matches!(w.dims(), &[_, _, kh, kw] if kh == kw);
+    fast_convs_enabled() && supported(x, w) && square && cfg.dilation == 1 && cfg.groups == 1
+}
+
+/// Whether [`conv_transpose2d_layer`] runs `ct` on `x` through [`conv_transpose2d`]: fast
+/// path on, CPU, f32, square kernel, no dilation, output padding or bias.
+pub fn conv_transpose2d_applies(ct: &ConvTranspose2d, x: &Tensor) -> bool {
+    let cfg = ct.config();
+    let w = ct.weight();
+    let square = matches!(w.dims(), &[_, _, kh, kw] if kh == kw);
+    let plain = cfg.dilation == 1 && cfg.output_padding == 0 && ct.bias().is_none();
+    fast_convs_enabled() && supported(x, w) && square && plain
+}
+
+/// A `candle_nn` convolution layer's forward through [`conv2d`] where
+/// [`conv2d_applies`], candle's own forward otherwise.
+pub fn conv2d_layer(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    if conv2d_applies(conv, x) {
+        let cfg = conv.config();
+        return conv2d(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding);
     }
     conv.forward(x)
 }
 
 /// A `candle_nn` transposed convolution layer's forward through [`conv_transpose2d`] where
-/// supported (see the module doc), candle's own forward otherwise.
+/// [`conv_transpose2d_applies`], candle's own forward otherwise.
 pub fn conv_transpose2d_layer(ct: &ConvTranspose2d, x: &Tensor) -> Result<Tensor> {
-    let cfg = ct.config();
-    let w = ct.weight();
-    let plain = cfg.dilation == 1 && cfg.output_padding == 0 && ct.bias().is_none();
-    if fast_convs_enabled() && supported(x, w) && plain {
-        let (_, _, kh, kw) = w.dims4()?;
-        if kh == kw {
-            return conv_transpose2d(x, w, cfg.stride, cfg.padding);
-        }
+    if conv_transpose2d_applies(ct, x) {
+        let cfg = ct.config();
+        return conv_transpose2d(x, ct.weight(), cfg.stride, cfg.padding);
     }
     ct.forward(x)
 }

@@ -213,6 +213,9 @@ pub(crate) fn batch_norm_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Te
 /// Same values as `ConvTranspose2d::forward`, but candle's CPU transposed convolution (and its
 /// backward pass) is a plain loop; a matrix product is several times faster.
 pub(crate) fn conv_transpose2x2_forward(ct: &ConvTranspose2d, x: &Tensor) -> Result<Tensor> {
+    if crate::fastconv::conv_transpose2d_applies(ct, x) {
+        return crate::fastconv::conv_transpose2d_layer(ct, x);
+    }
     let (cin, cout, kh, kw) = ct.weight().dims4()?;
     let cfg = ct.config();
     if (kh, kw) != (2, 2) || cfg.stride != 2 || cfg.padding != 0 || cfg.output_padding != 0 {
@@ -241,6 +244,9 @@ pub(crate) fn conv_transpose2x2_forward(ct: &ConvTranspose2d, x: &Tensor) -> Res
 /// with a plain transposed-convolution loop; for a 1×1 kernel a matrix product (whose
 /// gradient is a matrix product too) is much faster.
 pub(crate) fn conv_forward(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    if crate::fastconv::conv2d_applies(conv, x) {
+        return crate::fastconv::conv2d_layer(conv, x);
+    }
     let (cout, cin_g, kh, kw) = conv.weight().dims4()?;
     let cfg = conv.config();
     let (n, c, h, w) = x.dims4()?;

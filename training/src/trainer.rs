@@ -348,17 +348,35 @@ fn flat4(t: &Tensor) -> Result<(Vec<f32>, [usize; 4])> {
 }
 
 /// Sets the compute threads for candle and rayon; call before any tensor work.
+///
+/// Matrix products (candle's `matmul` and [`crate::fastconv`]) and rayon's pool use `n`
+/// threads. candle's element-wise kernels stay on the calling thread unless
+/// `CANDLE_NUM_THREADS` is set in the environment: they run on a pool of workers that
+/// spin while they wait, and on a machine whose cores are shared those waits cost several
+/// times the work itself (a Lite0 training step at 2 threads, load average about 7:
+/// 840 ms per image with that pool, 245 ms without).
 pub fn set_threads(n: usize) {
     // candle reads these variables when it first sizes its pools; rayon's global pool
     // is built here so that the setting also holds where `RAYON_NUM_THREADS` was read earlier.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     if rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()
         .is_err()
     {
         tracing::debug!("rayon global pool already built; threads setting may not apply to it");
+    }
+}
+
+/// Like [`set_threads`] with candle's and rayon's default thread count (all cores, or
+/// `RAYON_NUM_THREADS`): only keeps candle's element-wise kernels on the calling thread
+/// unless `CANDLE_NUM_THREADS` is set.
+pub fn set_default_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

@@ -140,6 +140,7 @@ fn runs_over_the_cache_budget_match_the_uncached_run() {
     assert!(reference.len() > 50);
     for dir in &runs[1..] {
         let other = load(dir);
+        let mut worst = 0f32;
         assert_eq!(other.len(), reference.len());
         for ((name, a), (name_b, b)) in reference.iter().zip(&other) {
             assert_eq!(name, name_b);
@@ -151,6 +152,7 @@ fn runs_over_the_cache_budget_match_the_uncached_run() {
                 .to_scalar::<f32>()
                 .unwrap();
             let d = max_abs_diff(a, b);
+            worst = worst.max(d);
             assert!(
                 d <= 1e-3 * scale.max(1e-3),
                 "{}: {name} differs by {d} (scale {scale})",
@@ -158,5 +160,9 @@ fn runs_over_the_cache_budget_match_the_uncached_run() {
             );
         }
         assert!(dir.join(files::STATS).is_file());
+        eprintln!(
+            "{}: largest weight difference to the uncached run {worst:e}",
+            dir.display()
+        );
     }
 }

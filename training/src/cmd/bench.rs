@@ -38,6 +38,8 @@ pub fn run(args: Args, _ctx: &super::Ctx) -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
         trainer::set_threads(n);
+    } else {
+        trainer::set_default_threads();
     }
     let report = run_bench(&BenchSpec {
         backbone: args.backbone,

@@ -34,6 +34,8 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<()> {
     if let Some(n) = args.threads.or(cfg.threads) {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
         trainer::set_threads(n);
+    } else {
+        trainer::set_default_threads();
     }
     tracing::debug!(
         threads = candle_core::utils::get_num_threads(),
