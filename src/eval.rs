@@ -551,8 +551,17 @@ impl EvalReport {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "  threshold {:.6} ({}): {} false alarm(s) of {} normal, {} miss(es) of {} defective",
-            t.value, t.source, t.false_alarms, t.normal, t.misses, t.defective
+            "  threshold {} ({}): {} false alarm(s) of {} normal, {} miss(es) of {} defective",
+            if t.value.is_finite() && t.value < f32::MAX {
+                format!("{:.6}", t.value)
+            } else {
+                "unset".to_string()
+            },
+            t.source,
+            t.false_alarms,
+            t.normal,
+            t.misses,
+            t.defective
         );
         let _ = writeln!(s);
         let _ = writeln!(

@@ -12,9 +12,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Other(format!("atomic write: {} has no file name", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        Error::Other(format!("atomic write: {} has no file name", path.display()))
+    })?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),

@@ -8,20 +8,20 @@
 //! the *student* is the bottleneck, the residual paths and the reverse decoder (features
 //! S0..S3, compared pairwise with T0..T3).
 
-pub mod onnx;
-pub mod export;
+pub mod benchtrain;
 pub mod bottleneck;
-pub mod loss;
-pub mod residual;
-pub mod student;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod weights;
-pub mod teacher;
-pub mod model;
-pub mod summary;
-pub mod benchtrain;
-pub mod checkpoint;
-pub mod trainer;
+pub mod export;
 pub mod fastconv;
 pub mod featcache;
+pub mod loss;
+pub mod model;
+pub mod onnx;
+pub mod residual;
+pub mod student;
+pub mod summary;
+pub mod teacher;
+pub mod trainer;
+pub mod weights;
