@@ -606,16 +606,7 @@ mod tests {
     }
 
     /// Forward and both gradients of the fast conv against candle's, for one geometry.
-    fn check_conv(
-        n: usize,
-        cin: usize,
-        cout: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        s: usize,
-        p: usize,
-    ) {
+    fn check_conv([n, cin, cout, h, w]: [usize; 5], [k, s, p]: [usize; 3]) {
         let x = Var::from_tensor(&ramp(&[n, cin, h, w], 2.0, 1)).unwrap();
         let wt = Var::from_tensor(&ramp(&[cout, cin, k, k], 1.0, 2)).unwrap();
         let b = Var::from_tensor(&ramp(&[cout], 1.0, 3)).unwrap();
@@ -648,16 +639,7 @@ mod tests {
         }
     }
 
-    fn check_transposed(
-        n: usize,
-        cin: usize,
-        cout: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        s: usize,
-        p: usize,
-    ) {
+    fn check_transposed([n, cin, cout, h, w]: [usize; 5], [k, s, p]: [usize; 3]) {
         let x = Var::from_tensor(&ramp(&[n, cin, h, w], 2.0, 5)).unwrap();
         let wt = Var::from_tensor(&ramp(&[cin, cout, k, k], 1.0, 6)).unwrap();
         let fast = conv_transpose2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
@@ -689,20 +671,20 @@ mod tests {
 
     #[test]
     fn conv_matches_candle_forward_and_gradients() {
-        check_conv(2, 3, 5, 6, 7, 1, 1, 0); // plain matrix product
-        check_conv(2, 4, 3, 8, 8, 1, 2, 0); // stride-2 1×1 (even rows/columns)
-        check_conv(2, 4, 3, 7, 9, 1, 2, 0); // odd sides
-        check_conv(3, 3, 4, 6, 5, 3, 1, 1); // 3×3, pad 1
-        check_conv(1, 2, 3, 9, 9, 3, 2, 1); // 3×3, stride 2 (candle's own backward needs equal sides here)
-        check_conv(2, 2, 2, 6, 6, 5, 1, 2); // 5×5
+        check_conv([2, 3, 5, 6, 7], [1, 1, 0]); // plain matrix product
+        check_conv([2, 4, 3, 8, 8], [1, 2, 0]); // stride-2 1×1 (even rows/columns)
+        check_conv([2, 4, 3, 7, 9], [1, 2, 0]); // odd sides
+        check_conv([3, 3, 4, 6, 5], [3, 1, 1]); // 3×3, pad 1
+        check_conv([1, 2, 3, 9, 9], [3, 2, 1]); // 3×3, stride 2 (candle's own backward needs equal sides here)
+        check_conv([2, 2, 2, 6, 6], [5, 1, 2]); // 5×5
     }
 
     #[test]
     fn transposed_conv_matches_candle_forward_and_gradients() {
-        check_transposed(2, 5, 3, 3, 4, 2, 2, 0); // the decoder's 2×2 stride 2
-        check_transposed(2, 3, 4, 4, 4, 1, 1, 0);
-        check_transposed(1, 3, 2, 4, 5, 3, 1, 1);
-        check_transposed(1, 2, 3, 3, 3, 3, 2, 0); // overlapping windows
+        check_transposed([2, 5, 3, 3, 4], [2, 2, 0]); // the decoder's 2×2 stride 2
+        check_transposed([2, 3, 4, 4, 4], [1, 1, 0]);
+        check_transposed([1, 3, 2, 4, 5], [3, 1, 1]);
+        check_transposed([1, 2, 3, 3, 3], [3, 2, 0]); // overlapping windows
     }
 
     #[test]

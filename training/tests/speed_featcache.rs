@@ -104,7 +104,7 @@ fn runs_over_the_cache_budget_match_the_uncached_run() {
     let model = build_model(&partial, &dev).unwrap();
     let caches = build_caches(&model, &d, &partial, &dev).unwrap();
     assert!(
-        caches.train.len() > 0 && caches.train.len() < d.train.len(),
+        !caches.train.is_empty() && caches.train.len() < d.train.len(),
         "1 MiB should cache part of the {} training tiles, cached {}",
         d.train.len(),
         caches.train.len()
