@@ -16,6 +16,7 @@
 //! out as contiguous per-tile tensors so that teacher features could be cached beside it.
 
 use crate::config::{BlurConfig, TrainConfig};
+use crate::weights::random::SplitMix64;
 use candle_core::{Device, Tensor};
 use fabric_inspect::dataset::Category;
 use fabric_inspect::imageio::{load_rgb, DEFAULT_MAX_PIXELS};
@@ -26,14 +27,15 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// SplitMix64: a small, fast, seedable generator, the same on every platform.
+/// The training data's seeded generator (SplitMix64, the same on every platform), with the
+/// shuffles and draws that splitting and batching need.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::from_state(seed))
     }
 
     /// A generator for one named purpose under a seed (e.g. one variable, one epoch).
@@ -44,30 +46,24 @@ impl Rng {
             h ^= b as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        let mut r = Rng(seed ^ h);
+        let mut r = Rng::new(seed ^ h);
         r.next_u64();
         r
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.uniform()
     }
 
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64();
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        self.0.normal()
     }
 
     /// Fisher–Yates shuffle.

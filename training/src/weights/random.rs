@@ -11,6 +11,11 @@
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator starting from the raw state `state`.
+    pub fn from_state(state: u64) -> Self {
+        SplitMix64(state)
+    }
+
     /// A generator for tensor `name` under run seed `seed`.
     pub fn for_tensor(seed: u64, name: &str) -> Self {
         // FNV-1a over the name, mixed with the seed.
