@@ -431,7 +431,26 @@ fn accumulate_pixels(
         });
     }
     let mask = match &t.mask {
-        Some(p) => Some(load_mask(p, s.width, s.height, opts.max_pixels)?),
+        Some(p) => {
+            // A mask must cover its image pixel for pixel; one of another size would be
+            // stretched silently and skew the pixel metrics.
+            let image = crate::imageio::image_dimensions(&t.path)?;
+            let mask = crate::imageio::image_dimensions(p)?;
+            if image != mask {
+                return Err(Error::Image {
+                    path: p.clone(),
+                    msg: format!(
+                        "mask is {}×{} but its image {} is {}×{}",
+                        mask.0,
+                        mask.1,
+                        t.path.display(),
+                        image.0,
+                        image.1
+                    ),
+                });
+            }
+            Some(load_mask(p, s.width, s.height, opts.max_pixels)?)
+        }
         None => None,
     };
     let (roc, pro) = match acc {

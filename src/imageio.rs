@@ -34,14 +34,46 @@ pub fn has_image_extension(path: &Path) -> bool {
 /// it holds more than `max_pixels` pixels (checked before decoding) or it is truncated.
 pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     let reader = ImageReader::open(path).map_err(|e| Error::io("open", path, e))?;
-    decode_reader(reader, path, max_pixels)
+    decode_reader(reader, path, max_pixels, || file_tail(path))
+}
+
+/// How many bytes at the end of a JPEG stream are searched for its end-of-image marker
+/// (some cameras pad files after the marker).
+const JPEG_TAIL: usize = 4096;
+
+fn file_tail(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.seek(SeekFrom::End(0))?;
+    let start = len.saturating_sub(JPEG_TAIL as u64);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    f.read_to_end(&mut tail)?;
+    Ok(tail)
+}
+
+/// A JPEG decoder fills a cut-off stream with grey without an error, so a frame truncated
+/// by a camera or network fault would be inspected as if it were whole: a complete stream
+/// ends with the end-of-image marker FF D9.
+fn check_jpeg_complete(tail: &[u8], path: &Path) -> Result<()> {
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(Error::Image {
+            path: path.to_path_buf(),
+            msg: "truncated JPEG: no end-of-image marker".into(),
+        })
+    }
 }
 
 /// Decodes an in-memory encoded image (e.g. a PNG received from a camera server) as
 /// 8-bit RGB, with the same checks as [`load_rgb`]; errors name the file as `<memory>`.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let reader = ImageReader::new(Cursor::new(bytes));
-    decode_reader(reader, Path::new("<memory>"), max_pixels)
+    let tail = &bytes[bytes.len().saturating_sub(JPEG_TAIL)..];
+    decode_reader(reader, Path::new("<memory>"), max_pixels, || {
+        Ok(tail.to_vec())
+    })
 }
 
 /// Reads the width and height of the image at `path` from its header only.
@@ -57,6 +89,7 @@ fn decode_reader<R: BufRead + Seek>(
     reader: ImageReader<R>,
     path: &Path,
     max_pixels: u64,
+    tail: impl FnOnce() -> std::io::Result<Vec<u8>>,
 ) -> Result<RgbImage> {
     let mut reader = reader
         .with_guessed_format()
@@ -66,6 +99,10 @@ fn decode_reader<R: BufRead + Seek>(
             path: path.to_path_buf(),
             msg: "not a recognised image format".into(),
         });
+    }
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        let tail = tail().map_err(|e| Error::io("read", path, e))?;
+        check_jpeg_complete(&tail, path)?;
     }
     // Our own pixel limit replaces the crate's allocation limit, which would refuse
     // legitimate 16-bit frames.
@@ -105,6 +142,23 @@ fn image_error(path: &Path, e: image::ImageError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_jpeg_is_refused() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 77]));
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(decode_rgb(&bytes, u64::MAX).unwrap().dimensions(), (64, 48));
+        let cut = &bytes[..bytes.len() / 2];
+        let e = decode_rgb(cut, u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("truncated JPEG"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cut.jpg");
+        std::fs::write(&p, cut).unwrap();
+        let e = load_rgb(&p, u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+    }
 
     #[test]
     fn extensions_are_case_insensitive() {

@@ -237,6 +237,13 @@ impl Inspector {
                  scores are only good for timing and plumbing tests"
             );
         }
+        if options.threshold.is_none() && meta.threshold >= f32::MAX {
+            tracing::warn!(
+                model = %dir.display(),
+                "this model has no threshold (an untrained export): every verdict will be \
+                 `ok`; run `fabric-inspect calibrate` on defect-free images or pass --threshold"
+            );
+        }
         let engine = Engine::load(dir, &meta, &options.engine)?;
         tracing::debug!(
             mode = ?meta.input_mode,

@@ -71,8 +71,19 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot read frame {}", path.display()))?,
             label: path.display().to_string(),
         }),
-        None => parse_frame(&args.frame)?
-            .map(|(width, height)| FrameSource::Synthetic { width, height }),
+        None => match parse_frame(&args.frame)? {
+            Some((width, height)) => {
+                let pixels = u64::from(width) * u64::from(height);
+                anyhow::ensure!(
+                    pixels <= args.model.max_pixels,
+                    "--frame {width}x{height}: {pixels} pixels exceeds the limit of {} pixels \
+                     (raise it with --max-pixels)",
+                    args.model.max_pixels
+                );
+                Some(FrameSource::Synthetic { width, height })
+            }
+            None => None,
+        },
     };
     let options = args.model.options(None)?;
     let inspector = Inspector::load(&args.model.model, options)
