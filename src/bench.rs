@@ -225,6 +225,9 @@ pub struct BenchReport {
     pub provider: Provider,
     /// Intra-op threads asked for (`None`: ONNX Runtime's default).
     pub intra_threads: Option<usize>,
+    /// Whether the intra-op workers spin while waiting.
+    #[serde(default)]
+    pub spin: bool,
     /// Timed runs per measurement.
     pub runs: usize,
     /// Untimed runs before them.
@@ -545,6 +548,7 @@ pub fn run_bench(inspector: &Inspector, options: &BenchOptions) -> Result<BenchR
         provider_requested: inspector.options().engine.device,
         provider,
         intra_threads: inspector.options().engine.threads,
+        spin: inspector.options().engine.spin,
         runs: options.runs,
         warmup: options.warmup,
         notes,
@@ -601,7 +605,7 @@ pub fn render_table(r: &BenchReport) -> String {
     let _ = writeln!(
         o,
         "model {} ({}, {}, teacher weights {}), input {}², provider {} (asked {}), \
-         intra-op threads {}, rayon threads {}",
+         intra-op threads {}{}, rayon threads {}",
         r.model,
         r.backbone,
         r.variant,
@@ -610,6 +614,7 @@ pub fn render_table(r: &BenchReport) -> String {
         r.provider,
         r.provider_requested,
         threads,
+        if r.spin { " (spinning)" } else { "" },
         r.host.rayon_threads
     );
     let _ = writeln!(

@@ -34,6 +34,9 @@ pub struct Args {
     /// Intra-op threads of ONNX Runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Let ONNX Runtime's worker threads spin while they wait.
+    #[arg(long)]
+    spin: bool,
     /// Use this threshold instead of the model's for the false-alarm and miss counts.
     #[arg(long)]
     threshold: Option<f32>,
@@ -54,6 +57,7 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
         engine: EngineOptions {
             device: args.device,
             threads: args.threads,
+            spin: args.spin,
         },
         batch: args.batch,
         threshold: args.threshold,

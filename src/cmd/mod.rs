@@ -71,6 +71,10 @@ pub struct ModelArgs {
     /// Largest image accepted, in pixels (checked before decoding).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Let ONNX Runtime's worker threads spin while they wait (can help only on cores that
+    /// nothing else uses).
+    #[arg(long)]
+    pub spin: bool,
 }
 
 impl ModelArgs {
@@ -93,6 +97,7 @@ impl ModelArgs {
             engine: EngineOptions {
                 device: self.device,
                 threads: self.threads,
+                spin: self.spin,
             },
             batch: self.batch,
             threshold,

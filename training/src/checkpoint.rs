@@ -61,6 +61,18 @@ pub enum CheckpointError {
     /// `early_stop` or `threads`.
     #[error("run folder {0}: the config differs from the run's config.yaml in more than max_epochs, early_stop or threads; resume with the same config")]
     ConfigChanged(PathBuf),
+    /// The run's student was built with other output activations than the current code
+    /// builds for its teacher taps.
+    #[error(
+        "run folder {path}: its student ends {stored} but this version builds it ending {now} \
+         for these teacher taps (the student now ends without ReLU where the teacher feature \
+         can be negative); train a new run"
+    )]
+    StudentChanged {
+        path: PathBuf,
+        stored: String,
+        now: String,
+    },
     /// The stored config is not valid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -118,6 +130,10 @@ pub struct TrainState {
     pub teacher_weights: String,
     /// The loss curve so far.
     pub curve: Vec<CurveRow>,
+    /// Which student outputs S0..S3 end without ReLU ([`crate::student::Student::signed_outputs`]).
+    /// Absent in runs from before signed outputs existed: those rectified every output.
+    #[serde(default)]
+    pub signed_outputs: Option<[bool; 4]>,
 }
 
 impl TrainState {
@@ -136,6 +152,7 @@ impl TrainState {
             seed: cfg.seed,
             teacher_weights,
             curve: Vec::new(),
+            signed_outputs: None,
         }
     }
 }
@@ -354,6 +371,28 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
         .ok_or_else(|| file_err(dir, format!("no {}", files::STATE)))
 }
 
+/// Checks that the student built now has the output activations the run in `dir` was
+/// trained with (`state.yaml`; a run without the record rectified every output).
+pub fn check_student_outputs(dir: &Path, state: &TrainState, built: [bool; 4]) -> Result<()> {
+    let stored = state.signed_outputs.unwrap_or([false; 4]);
+    if stored == built {
+        return Ok(());
+    }
+    let describe = |s: [bool; 4]| {
+        let v: Vec<String> = s
+            .iter()
+            .enumerate()
+            .map(|(k, &signed)| format!("S{k} {}", if signed { "linear" } else { "ReLU" }))
+            .collect();
+        v.join(", ")
+    };
+    Err(CheckpointError::StudentChanged {
+        path: dir.to_path_buf(),
+        stored: describe(stored),
+        now: describe(built),
+    })
+}
+
 /// Sets the student variables of `model` to the run's best checkpoint.
 pub fn load_best_into(model: &Rrd, dir: &Path, device: &Device) -> Result<()> {
     let t = load_student_weights(dir, device)?;
@@ -368,6 +407,56 @@ pub fn load_model(
 ) -> Result<(TrainConfig, Rrd), crate::trainer::TrainError> {
     let cfg = load_config(dir)?;
     let model = build_model(&cfg, device)?;
+    if let Some(state) = RunDir::open(dir)?.read_state_opt()? {
+        check_student_outputs(dir, &state, model.student.signed_outputs())?;
+    }
     load_best_into(&model, dir, device)?;
     Ok((cfg, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(signed: Option<[bool; 4]>) -> TrainState {
+        let cfg = TrainConfig::from_yaml(
+            "version: 1\nbackbone: efficientnet-lite0\nroots: [data]\ninput_mode: tile\n",
+            Path::new("config.yaml"),
+        )
+        .unwrap();
+        TrainState {
+            signed_outputs: signed,
+            ..TrainState::new(&cfg, "random".into())
+        }
+    }
+
+    #[test]
+    fn student_output_record_must_match_the_built_student() {
+        let dir = Path::new("runs/x");
+        // Runs from before the record rectified every output: fine for ResNet taps...
+        check_student_outputs(dir, &state(None), [false; 4]).unwrap();
+        // ...refused for a student that now ends linear (Lite0's signed taps).
+        let e = check_student_outputs(dir, &state(None), [true; 4]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("runs/x"), "{msg}");
+        assert!(
+            msg.contains("S0 ReLU") && msg.contains("S0 linear"),
+            "{msg}"
+        );
+        assert!(msg.contains("train a new run"), "{msg}");
+        check_student_outputs(dir, &state(Some([true; 4])), [true; 4]).unwrap();
+        assert!(check_student_outputs(dir, &state(Some([true; 4])), [false; 4]).is_err());
+    }
+
+    #[test]
+    fn state_without_the_record_still_parses() {
+        let mut text = serde_yaml::to_string(&state(Some([true, false, true, true]))).unwrap();
+        assert!(text.contains("signed_outputs"));
+        let back: TrainState = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back.signed_outputs, Some([true, false, true, true]));
+        let start = text.find("signed_outputs").unwrap();
+        text.truncate(start);
+        let old: TrainState = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(old.signed_outputs, None);
+    }
 }

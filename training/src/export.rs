@@ -391,7 +391,11 @@ fn decoder_block(g: &mut Graph, name: &str, x: &Value, b: &DecoderBlock) -> Resu
         }
     };
     let y = g.add(&format!("{name}.add"), &y, &sc)?;
-    Ok(g.relu(&format!("{name}.relu2"), &y)?)
+    if b.out_relu() {
+        Ok(g.relu(&format!("{name}.relu2"), &y)?)
+    } else {
+        Ok(y)
+    }
 }
 
 /// The student as an ONNX graph: inputs [`TEACHER_OUTPUTS`] with the teacher feature shapes

@@ -196,7 +196,7 @@ impl Rrd {
     pub fn new(teacher: Teacher, variant: Variant, seed: u64) -> Result<Rrd, ModelError> {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, DType::F32, teacher.device());
-        let student = Student::new(vb, teacher.channels(), variant)?;
+        let student = Student::with_signed(vb, teacher.channels(), variant, teacher.signed_taps())?;
         Ok(Rrd {
             teacher,
             student,

@@ -35,6 +35,8 @@
 //!           shortcut: None (identity) | Shortcut::Up{conv: ConvTranspose2d, bn}
 //!                     | Shortcut::Project{conv: Conv2d 1×1, bn}
 //!           out = ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + shortcut(x))
+//!           (a stage's last block drops the outer ReLU when its output imitates a teacher
+//!           feature that can be negative, see [`Student::with_signed`])
 //! ```
 //!
 //! A [`ConvReluBn`] is conv (no bias) → ReLU → BatchNorm: ReLU comes *before* the BatchNorm.
@@ -397,6 +399,9 @@ pub struct DecoderBlock {
     pub(crate) bn2: BatchNorm,
     /// `None`: identity.
     pub(crate) shortcut: Option<Shortcut>,
+    /// Whether the block ends in a ReLU (false only for a stage's last block when the
+    /// teacher feature it imitates can be negative).
+    pub(crate) out_relu: bool,
 }
 
 impl DecoderBlock {
@@ -426,7 +431,13 @@ impl DecoderBlock {
             conv2: conv2d(vb.pp("conv2"), cout, cout, 3, 1, 1, false)?,
             bn2: batch_norm(vb.pp("bn2"), cout)?,
             shortcut,
+            out_relu: true,
         })
+    }
+
+    /// Whether the block's output goes through a final ReLU.
+    pub fn out_relu(&self) -> bool {
+        self.out_relu
     }
 
     /// Applies the block (`train`: BatchNorm batch statistics).
@@ -446,7 +457,12 @@ impl DecoderBlock {
                 batch_norm_t(bn, &conv_forward(conv, x)?, train)?
             }
         };
-        (y + sc)?.relu()
+        let y = (y + sc)?;
+        if self.out_relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -457,12 +473,21 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// Two blocks `cin → cout → cout`; the first upsamples when `upsample`.
-    pub fn new(vb: VarBuilder, cin: usize, cout: usize, upsample: bool) -> Result<Self> {
+    /// Two blocks `cin → cout → cout`; the first upsamples when `upsample`; the second
+    /// ends without ReLU when `signed` (its output imitates a feature that can be negative).
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        upsample: bool,
+        signed: bool,
+    ) -> Result<Self> {
+        let mut last = DecoderBlock::new(vb.pp("block1"), cout, cout, false)?;
+        last.out_relu = !signed;
         Ok(Self {
             blocks: [
                 DecoderBlock::new(vb.pp("block0"), cin, cout, upsample)?,
-                DecoderBlock::new(vb.pp("block1"), cout, cout, false)?,
+                last,
             ],
         })
     }
@@ -483,15 +508,17 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// The decoder for teacher channels `[C0, C1, C2, C3]` (keys `stage{k}.block{b}.*`).
-    pub fn new(vb: VarBuilder, channels: [usize; 4]) -> Result<Self> {
+    /// The decoder for teacher channels `[C0, C1, C2, C3]` (keys `stage{k}.block{b}.*`);
+    /// `signed[k]`: teacher feature T_k can be negative, so the stage that rebuilds it
+    /// (stage 3 − k) ends without ReLU.
+    pub fn new(vb: VarBuilder, channels: [usize; 4], signed: [bool; 4]) -> Result<Self> {
         let [c0, c1, c2, c3] = channels;
         Ok(Self {
             stages: [
-                Stage::new(vb.pp("stage0"), 2 * c3, c3, true)?,
-                Stage::new(vb.pp("stage1"), c3, c2, true)?,
-                Stage::new(vb.pp("stage2"), c2, c1, true)?,
-                Stage::new(vb.pp("stage3"), c1, c0, false)?,
+                Stage::new(vb.pp("stage0"), 2 * c3, c3, true, signed[3])?,
+                Stage::new(vb.pp("stage1"), c3, c2, true, signed[2])?,
+                Stage::new(vb.pp("stage2"), c2, c1, true, signed[1])?,
+                Stage::new(vb.pp("stage3"), c1, c0, false, signed[0])?,
             ],
         })
     }
@@ -536,7 +563,24 @@ impl Student {
     /// Variables come from `vb` (keys `bottleneck.*`, `residual.*`, `decoder.*`); with an
     /// empty `VarMap` behind it they are created with SPEC.md §5.1's initialisation (use
     /// [`crate::model::seeded_var_builder`] for seeded, reproducible values).
+    ///
+    /// Every output ends in a ReLU, as the paper's student does for its ResNet teacher; use
+    /// [`Student::with_signed`] for teacher features that can be negative.
     pub fn new(vb: VarBuilder, channels: [usize; 4], variant: Variant) -> Result<Self> {
+        Self::with_signed(vb, channels, variant, [false; 4])
+    }
+
+    /// Like [`Student::new`]; `signed[k]` says that teacher feature T_k can be negative
+    /// ([`crate::teacher::Teacher::signed_taps`]), and the decoder stage that rebuilds it then
+    /// ends without ReLU: a student whose outputs are all non-negative cannot come closer
+    /// than `1 − ‖max(t, 0)‖ / ‖t‖` to a signed feature `t` in cosine distance (about 0.25 on
+    /// average over EfficientNet-Lite0's four default taps on fabric).
+    pub fn with_signed(
+        vb: VarBuilder,
+        channels: [usize; 4],
+        variant: Variant,
+        signed: [bool; 4],
+    ) -> Result<Self> {
         if channels.contains(&0) {
             candle_core::bail!("student channels must be positive, got {channels:?}")
         }
@@ -549,8 +593,14 @@ impl Student {
             variant,
             bottleneck: Bottleneck::new(vb.pp("bottleneck"), channels)?,
             residual,
-            decoder: Decoder::new(vb.pp("decoder"), channels)?,
+            decoder: Decoder::new(vb.pp("decoder"), channels, signed)?,
         })
+    }
+
+    /// Per output S0..S3: whether it ends without ReLU (see [`Student::with_signed`]).
+    pub fn signed_outputs(&self) -> [bool; 4] {
+        let st = &self.decoder.stages;
+        std::array::from_fn(|k| !st[3 - k].blocks[1].out_relu)
     }
 
     /// Teacher channels `[C0, C1, C2, C3]` this student was built for.

@@ -419,6 +419,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
     );
     let mut state = match prior {
         Some(s) => {
+            checkpoint::check_student_outputs(out, &s, model.student.signed_outputs())?;
             let tensors = run.read_last(&device)?;
             checkpoint::load_into(&model.varmap, &tensors, out)?;
             adam.load_state(&tensors)?;
@@ -427,7 +428,10 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
             tracing::info!(epoch = s.epoch, lr = s.lr, "resuming");
             s
         }
-        None => TrainState::new(cfg, model.teacher.weights_id()),
+        None => TrainState {
+            signed_outputs: Some(model.student.signed_outputs()),
+            ..TrainState::new(cfg, model.teacher.weights_id())
+        },
     };
     run.write_split(&data.split)?;
     let caches = build_caches(&model, &data, cfg, &device)?;

@@ -182,3 +182,51 @@ fn end_to_end_with_a_random_teacher() {
         assert_eq!(rrd.student.channels(), rrd.teacher.channels());
     }
 }
+
+/// Smallest value of a tensor.
+fn min_value(t: &Tensor) -> f32 {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .fold(f32::INFINITY, f32::min)
+}
+
+#[test]
+fn student_outputs_are_signed_exactly_where_the_teacher_taps_are() {
+    // ResNet taps end in ReLU (stem_pool, layer1..3); Lite0's block outputs are linear
+    // projections, and block0_pool is a max-pool of one; `stem_pool` is after ReLU6.
+    let cases: [(Backbone, Vec<&str>, [bool; 4]); 3] = [
+        (Backbone::Resnet18, vec![], [false; 4]),
+        (Backbone::EfficientnetLite0, vec![], [true; 4]),
+        (
+            Backbone::EfficientnetLite0,
+            vec!["stem_pool", "stage2", "stage3", "stage5"],
+            [false, true, true, true],
+        ),
+    ];
+    let mut rng = SplitMix64::from_state(11);
+    let x: Vec<f32> = (0..2 * 3 * 64 * 64)
+        .map(|_| (rng.uniform() * 2.0 - 1.0) as f32)
+        .collect();
+    let x = Tensor::from_vec(x, (2, 3, 64, 64), &Device::Cpu).unwrap();
+    for (backbone, taps, want) in cases {
+        let taps: Vec<String> = taps.iter().map(|s| s.to_string()).collect();
+        let weights = TeacherWeights::Random { seed: 3 };
+        let rrd = Rrd::build(backbone, &taps, weights, Variant::Residual, 5, &Device::Cpu).unwrap();
+        assert_eq!(rrd.teacher.signed_taps(), want, "{backbone} {taps:?}");
+        assert_eq!(rrd.student.signed_outputs(), want, "{backbone} {taps:?}");
+        let (t, s) = rrd.forward_t(&x, true).unwrap();
+        for k in 0..4 {
+            let (tmin, smin) = (min_value(&t[k]), min_value(&s[k]));
+            if want[k] {
+                assert!(tmin < 0.0, "{backbone} T{k} should have negative values");
+                assert!(smin < 0.0, "{backbone} S{k} should reach negative values");
+            } else {
+                assert!(tmin >= 0.0, "{backbone} T{k} min {tmin}");
+                assert!(smin >= 0.0, "{backbone} S{k} min {smin}");
+            }
+        }
+    }
+}

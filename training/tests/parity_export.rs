@@ -349,7 +349,13 @@ fn check_model(test: &str, rrd: &Rrd, meta: &ModelMeta, big_batch: bool, small: 
     let student64 = {
         let vm = candle_nn::VarMap::new();
         let vb = fabric_train::model::seeded_var_builder(&vm, SEED, DType::F64, &Device::Cpu);
-        let st = Student::new(vb, rrd.teacher.channels(), variant).unwrap();
+        let st = Student::with_signed(
+            vb,
+            rrd.teacher.channels(),
+            variant,
+            rrd.teacher.signed_taps(),
+        )
+        .unwrap();
         let src = rrd.varmap.data().lock().unwrap();
         let dst = vm.data().lock().unwrap();
         for (name, v) in dst.iter() {

@@ -183,6 +183,19 @@ impl Tap {
     }
 }
 
+/// Whether the output of `ops` (in order) can be negative: the last op that is not a
+/// max-pool decides (a max-pool keeps a non-negative input non-negative).
+fn ops_signed<'a>(ops: impl DoubleEndedIterator<Item = &'a TeacherOp>) -> bool {
+    for op in ops.rev() {
+        match op {
+            TeacherOp::MaxPool(_) => continue,
+            TeacherOp::Relu | TeacherOp::Relu6 => return false,
+            TeacherOp::Conv(_) | TeacherOp::Residual { .. } => return true,
+        }
+    }
+    true
+}
+
 /// The default taps of a backbone (SPEC.md §2, DECISIONS.md).
 pub fn default_taps(backbone: Backbone) -> Vec<String> {
     let taps: [&str; 4] = match backbone {
@@ -456,6 +469,25 @@ impl Teacher {
             *dst = tap.channels;
         }
         c
+    }
+
+    /// Whether each of T0..T3 can be negative: false where the tap's last value-changing op
+    /// is a ReLU or ReLU6 (ResNet stages end in ReLU), true where it is a convolution or a
+    /// residual sum without activation (EfficientNet's linear bottleneck outputs). The
+    /// student ends each output with a ReLU only where the tap it imitates is non-negative.
+    pub fn signed_taps(&self) -> [bool; 4] {
+        let mut out = [true; 4];
+        for (dst, tap) in out.iter_mut().zip(&self.taps) {
+            // Every op from the input up to the tap: a unit may hold only a max-pool, whose
+            // sign depends on the units before it (ResNet's `stem_pool`).
+            let ops: Vec<&TeacherOp> = self.units[..=tap.unit]
+                .iter()
+                .flat_map(|u| &u.ops)
+                .chain(&tap.post)
+                .collect();
+            *dst = ops_signed(ops.into_iter());
+        }
+        out
     }
 
     /// Strides of T0..T3 (always [`TAP_STRIDES`]).
