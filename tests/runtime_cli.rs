@@ -247,3 +247,80 @@ fn calibrate_rewrites_the_threshold_and_keeps_history() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(std::fs::read(model.join("model.yaml")).unwrap(), before);
 }
+
+#[test]
+fn empty_inputs_fail_and_negative_thresholds_parse() {
+    if !ort_available("empty_inputs_fail_and_negative_thresholds_parse") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = bin(&["inspect", "--model", s(&fixture()), s(&empty)]);
+    assert_eq!(o.status.code(), Some(1), "an empty folder is not a success");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no image files found"));
+
+    // `--threshold -1` without `=`: every image is then a defect.
+    let img = fixture().join("frame_600x300.png");
+    let o = bin(&[
+        "inspect",
+        "--model",
+        s(&fixture()),
+        s(&img),
+        "--threshold",
+        "-1",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(json_lines(&o.stdout)[0]["verdict"], "defect");
+}
+
+#[test]
+fn bench_batches_may_be_empty_and_eval_bins_are_checked() {
+    if !ort_available("bench_batches_may_be_empty_and_eval_bins_are_checked") {
+        return;
+    }
+    let o = bin(&[
+        "bench",
+        "--model",
+        s(&fixture()),
+        "--batches",
+        "",
+        "--frame",
+        "600x300",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.contains("network (teacher + student)"), "{out}");
+    assert!(out.contains("frame 600×300"), "{out}");
+
+    let o = bin(&["bench", "--model", s(&fixture()), "--batches", "4,0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`0` is not a batch size"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let o = bin(&[
+        "eval",
+        "--model",
+        s(&fixture()),
+        "--data",
+        s(tmp.path()),
+        "--bins",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "a bad flag is a fatal error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--bins must be an even number"));
+}

@@ -15,9 +15,9 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Batch sizes of the network table, comma-separated (empty: no network table).
-    #[arg(long, value_delimiter = ',', default_value = "1,16,32")]
-    batches: Vec<usize>,
+    /// Batch sizes of the network table, comma-separated (empty or `none`: no network table).
+    #[arg(long, default_value = "1,16,32", value_parser = parse_batches)]
+    batches: Batches,
     /// Size of the synthetic frame timed through the whole pipeline, WIDTHxHEIGHT
     /// (`none` skips the frame).
     #[arg(long, default_value = "3072x2048", conflicts_with = "image")]
@@ -37,6 +37,26 @@ pub struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// Batch sizes of `--batches`.
+#[derive(Debug, Clone)]
+struct Batches(Vec<usize>);
+
+fn parse_batches(s: &str) -> Result<Batches, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("none") {
+        return Ok(Batches(Vec::new()));
+    }
+    s.split(',')
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "`{b}` is not a batch size (positive integers, comma-separated)"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Batches)
 }
 
 fn parse_frame(s: &str) -> anyhow::Result<Option<(u32, u32)>> {
@@ -61,10 +81,6 @@ fn parse_frame(s: &str) -> anyhow::Result<Option<(u32, u32)>> {
 /// Runs the subcommand.
 pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
-    anyhow::ensure!(
-        args.batches.iter().all(|&b| b >= 1),
-        "--batches: every batch size must be at least 1"
-    );
     let frame = match &args.image {
         Some(path) => Some(FrameSource::Image {
             image: load_rgb(path, args.model.max_pixels)
@@ -89,7 +105,7 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let inspector = Inspector::load(&args.model.model, options)
         .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
     let bench = BenchOptions {
-        batches: args.batches.clone(),
+        batches: args.batches.0.clone(),
         frame,
         runs: args.runs,
         warmup: args.warmup,

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long)]
     spin: bool,
     /// Use this threshold instead of the model's for the false-alarm and miss counts.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f32>,
     /// Bins of the pixel-metric histograms (even; more bins, finer thresholds).
     #[arg(long, default_value_t = 1 << 16)]
@@ -47,6 +47,11 @@ pub struct Args {
 
 /// Runs the subcommand; the exit code is 1 when an image could not be scored.
 pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.bins >= 4 && args.bins % 2 == 0,
+        "--bins must be an even number of at least 4, got {}",
+        args.bins
+    );
     let category = Category::open(&args.data)?;
     anyhow::ensure!(
         !category.test.is_empty(),

@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Decision threshold for this run (default: the model's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f32>,
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long)]
@@ -100,6 +100,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     );
     Ok(if failed > 0 {
         eprintln!("error: {failed} input(s) could not be inspected");
+        ExitCode::from(1)
+    } else if files.is_empty() {
+        eprintln!("error: no image files found in the inputs");
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

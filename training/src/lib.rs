@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod export;
+pub mod fastbn;
 pub mod fastconv;
 pub mod featcache;
 pub mod loss;

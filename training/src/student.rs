@@ -180,26 +180,36 @@ pub(crate) fn batch_norm_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Te
         if count < 2 {
             candle_core::bail!("BatchNorm in train mode needs more than one value per channel")
         }
-        let inv = 1.0 / count as f64;
-        let x3 = x.reshape((n, c, h * w))?;
-        let mean = (x3.sum_keepdim(2)?.sum_keepdim(0)? * inv)?;
-        let xc = x3.broadcast_sub(&mean)?;
-        let var = (xc.sqr()?.sum_keepdim(2)?.sum_keepdim(0)? * inv)?;
+        // The fused op of crate::fastbn where it applies (contiguous f32 on the CPU), else
+        // the same computation composed of candle operations.
+        let (y, batch_mean, batch_var) = if crate::fastbn::batch_norm_train_applies(x, gamma, beta)
+        {
+            crate::fastbn::batch_norm_train(x, gamma, beta, bn.eps())?
+        } else {
+            let inv = 1.0 / count as f64;
+            let x3 = x.reshape((n, c, h * w))?;
+            let mean = (x3.sum_keepdim(2)?.sum_keepdim(0)? * inv)?;
+            let xc = x3.broadcast_sub(&mean)?;
+            let var = (xc.sqr()?.sum_keepdim(2)?.sum_keepdim(0)? * inv)?;
+            let batch_mean = mean.detach().flatten_all()?;
+            let batch_var = var.detach().flatten_all()?;
+            let scale = gamma
+                .reshape((1, c, 1))?
+                .broadcast_div(&(var + bn.eps())?.sqrt()?)?;
+            let y = xc
+                .broadcast_mul(&scale)?
+                .broadcast_add(&beta.reshape((1, c, 1))?)?
+                .reshape((n, c, h, w))?;
+            (y, batch_mean, batch_var)
+        };
 
         let m = bn.momentum();
         let rm = Var::from_tensor(bn.running_mean())?;
         let rv = Var::from_tensor(bn.running_var())?;
-        let batch_mean = mean.detach().flatten_all()?;
-        let batch_var = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
+        let batch_var = (batch_var * (count as f64 / (count - 1) as f64))?;
         rm.set(&((rm.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
         rv.set(&((rv.as_tensor() * (1.0 - m))? + (batch_var * m)?)?)?;
-
-        let scale = gamma
-            .reshape((1, c, 1))?
-            .broadcast_div(&(var + bn.eps())?.sqrt()?)?;
-        xc.broadcast_mul(&scale)?
-            .broadcast_add(&beta.reshape((1, c, 1))?)?
-            .reshape((n, c, h, w))
+        Ok(y)
     } else {
         let std = (bn.running_var().detach() + bn.eps())?.sqrt()?;
         let scale = gamma.div(&std)?;
