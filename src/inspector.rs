@@ -29,6 +29,7 @@ use crate::anomaly::anomaly_maps_into;
 use crate::engine::{Engine, EngineOptions, Provider};
 use crate::imageio::{load_rgb, DEFAULT_MAX_PIXELS};
 use crate::meta::{InputMode, ModelMeta};
+use crate::position::PositionStats;
 use crate::preprocess::{resize_exact, to_chw};
 use crate::tiling::{extract_tile_chw, Stitcher, TileGrid};
 use crate::{Error, Result};
@@ -53,6 +54,9 @@ pub struct InspectOptions {
     pub threshold: Option<f32>,
     /// Pixel limit of [`Inspector::inspect_path`].
     pub max_pixels: u64,
+    /// Score raw maps even when the model has position statistics (timing frames of other
+    /// sizes; the model's threshold does not apply to such scores).
+    pub ignore_position: bool,
 }
 
 impl Default for InspectOptions {
@@ -62,6 +66,7 @@ impl Default for InspectOptions {
             batch: DEFAULT_BATCH,
             threshold: None,
             max_pixels: DEFAULT_MAX_PIXELS,
+            ignore_position: false,
         }
     }
 }
@@ -199,6 +204,7 @@ pub struct Inspector {
     meta: ModelMeta,
     engine: Engine,
     options: InspectOptions,
+    position: Option<PositionStats>,
     scratch: Mutex<Scratch>,
 }
 
@@ -244,6 +250,14 @@ impl Inspector {
                  `ok`; run `fabric-inspect calibrate` on defect-free images or pass --threshold"
             );
         }
+        let position = match (&meta.position, options.ignore_position) {
+            (Some(p), false) => Some(PositionStats::read(
+                &dir.join(&p.file),
+                p.width as usize,
+                p.height as usize,
+            )?),
+            _ => None,
+        };
         let engine = Engine::load(dir, &meta, &options.engine)?;
         tracing::debug!(
             mode = ?meta.input_mode,
@@ -257,6 +271,7 @@ impl Inspector {
             meta,
             engine,
             options,
+            position,
             scratch: Mutex::new(Scratch {
                 input: Vec::new(),
                 maps: Vec::new(),
@@ -290,6 +305,11 @@ impl Inspector {
         self.options.threshold.unwrap_or(self.meta.threshold)
     }
 
+    /// The position statistics in use, if any.
+    pub fn position(&self) -> Option<&PositionStats> {
+        self.position.as_ref()
+    }
+
     /// The options given at load time.
     pub fn options(&self) -> &InspectOptions {
         &self.options
@@ -308,6 +328,15 @@ impl Inspector {
         if w == 0 || h == 0 {
             return Err(Error::Other("cannot inspect an empty image".into()));
         }
+        if let Some(p) = &self.position {
+            match self.meta.input_mode {
+                InputMode::Tile => p.check_size(w as usize, h as usize)?,
+                InputMode::Resize => {
+                    let s = self.meta.input_size as usize;
+                    p.check_size(s, s)?
+                }
+            }
+        }
         let mut times = StageTimes::default();
         let (unsmoothed, mw, mh, tiles) = match self.meta.input_mode {
             InputMode::Tile => {
@@ -325,8 +354,11 @@ impl Inspector {
         };
 
         let t0 = Instant::now();
-        let data = crate::gaussian::gaussian_smooth(&unsmoothed, mw, mh, self.meta.sigma);
+        let mut data = crate::gaussian::gaussian_smooth(&unsmoothed, mw, mh, self.meta.sigma);
         drop(unsmoothed);
+        if let Some(p) = &self.position {
+            p.normalise(&mut data)?;
+        }
         let map = AnomalyMap {
             width: mw,
             height: mh,

@@ -24,6 +24,7 @@ pub mod imageio;
 pub mod inspector;
 pub mod meta;
 pub mod metrics;
+pub mod position;
 pub mod preprocess;
 pub mod report;
 pub mod synth;

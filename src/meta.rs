@@ -158,6 +158,21 @@ fn default_threshold_source() -> String {
     "training validation".into()
 }
 
+/// Where a model's position statistics are and what they cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionMeta {
+    /// File inside the model folder ([`crate::position::POSITION_FILE`]).
+    pub file: String,
+    /// Frame width the statistics hold for, in pixels (the map's width: the image's in
+    /// tile mode, `input_size` in resize mode).
+    pub width: u32,
+    /// Frame height, in pixels.
+    pub height: u32,
+    /// Defect-free frames they were computed from.
+    pub images: usize,
+}
+
 /// Contents of `model.yaml`: everything the runtime needs to prepare, run and score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +221,10 @@ pub struct ModelMeta {
     /// Earlier thresholds, oldest first.
     #[serde(default)]
     pub threshold_history: Vec<ThresholdRecord>,
+    /// Per-pixel statistics of the map over defect-free training frames; when present,
+    /// scores and `threshold` are per-pixel z-scores (see [`crate::position`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<PositionMeta>,
     /// Training seed (split, initialisation, augmentation).
     pub seed: u64,
     /// The training configuration, verbatim.
@@ -276,6 +295,31 @@ impl ModelMeta {
         }
         if !self.threshold.is_finite() {
             return Err(format!("threshold {} is not finite", self.threshold));
+        }
+        if let Some(p) = &self.position {
+            if p.width == 0 || p.height == 0 {
+                return Err("position statistics for an empty frame".into());
+            }
+            if p.images < 2 {
+                return Err(format!(
+                    "position statistics from {} image(s); they need at least 2",
+                    p.images
+                ));
+            }
+            if p.file.is_empty() || p.file.contains(['/', '\\']) || p.file.starts_with('.') {
+                return Err(format!(
+                    "position file `{}` must be a plain file name inside the model folder",
+                    p.file
+                ));
+            }
+            if self.input_mode == InputMode::Resize
+                && (p.width, p.height) != (self.input_size, self.input_size)
+            {
+                return Err(format!(
+                    "position statistics for {}×{} maps, but resize mode scores {}×{} maps",
+                    p.width, p.height, self.input_size, self.input_size
+                ));
+            }
         }
         if let Some(f) = self
             .features

@@ -7,6 +7,7 @@ use fabric_inspect::bench::{render_table, run_bench, BenchOptions, FrameSource};
 use fabric_inspect::fsutil::atomic_write;
 use fabric_inspect::imageio::load_rgb;
 use fabric_inspect::inspector::Inspector;
+use fabric_inspect::meta::{InputMode, ModelMeta};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -101,8 +102,26 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
             None => None,
         },
     };
-    let options = args.model.options(None)?;
-    let inspector = Inspector::load(&args.model.model, options)
+    let mut options = args.model.options(None)?;
+    let meta = ModelMeta::load(&args.model.model)?;
+    let frame_size = match &frame {
+        Some(FrameSource::Image { image, .. }) => Some(image.dimensions()),
+        Some(FrameSource::Synthetic { width, height }) => Some((*width, *height)),
+        None => None,
+    };
+    let mut position_note = None;
+    if let (Some(p), Some((w, h)), InputMode::Tile) = (&meta.position, frame_size, meta.input_mode)
+    {
+        if (w, h) != (p.width, p.height) {
+            // Timing only: the per-pixel z-score costs one pass over the map.
+            options.ignore_position = true;
+            position_note = Some(format!(
+                "position statistics: the model's are for {}×{} frames, so this {w}×{h} frame                  is timed without them",
+                p.width, p.height
+            ));
+        }
+    }
+    let inspector = Inspector::with_meta(&args.model.model, meta, options)
         .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
     let bench = BenchOptions {
         batches: args.batches.0.clone(),
@@ -111,7 +130,8 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         seed: args.seed,
     };
-    let report = run_bench(&inspector, &bench)?;
+    let mut report = run_bench(&inspector, &bench)?;
+    report.notes.extend(position_note);
     print!("{}", render_table(&report));
     if let Some(path) = &args.json {
         let mut text = serde_json::to_string_pretty(&report)?;

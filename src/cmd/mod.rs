@@ -102,6 +102,7 @@ impl ModelArgs {
             batch: self.batch,
             threshold,
             max_pixels: self.max_pixels,
+            ignore_position: false,
         })
     }
 }

@@ -44,6 +44,8 @@ pub mod files {
     pub const CURVE: &str = "curve.csv";
     /// Validation score statistics and threshold.
     pub const STATS: &str = "stats.yaml";
+    /// Position statistics (only with `position_stats: true`).
+    pub const POSITION: &str = fabric_inspect::position::POSITION_FILE;
 }
 
 /// Errors of reading or writing a run folder.
@@ -172,6 +174,10 @@ pub struct RunStats {
     pub best_epoch: usize,
     /// Its validation loss.
     pub best_val_loss: f64,
+    /// Position statistics (`position.bin`) when the config asked for them; the scores
+    /// and the threshold are then per-pixel z-scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<fabric_inspect::meta::PositionMeta>,
 }
 
 /// The score of one image.
@@ -341,6 +347,12 @@ impl RunDir {
     /// Writes `stats.yaml`.
     pub fn write_stats(&self, stats: &RunStats) -> Result<()> {
         write_yaml(&self.path(files::STATS), stats)
+    }
+
+    /// Writes `position.bin`.
+    pub fn write_position(&self, stats: &fabric_inspect::position::PositionStats) -> Result<()> {
+        let p = self.path(files::POSITION);
+        stats.write(&p).map_err(|e| file_err(&p, e.to_string()))
     }
 
     /// Reads `stats.yaml`.

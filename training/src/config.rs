@@ -104,6 +104,13 @@ pub struct TrainConfig {
     /// Use at most this many source images per root (first by name); for quick runs.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// After training, compute position statistics (the per-pixel mean and spread of the
+    /// smoothed map over the training split's frames) and score per-pixel z-scores, so that
+    /// what is high at a fixed place on every good frame no longer sets the score. For a
+    /// fixed camera whose frames all have one size (every training image must have it);
+    /// the model then refuses frames of another size. Default false.
+    #[serde(default)]
+    pub position_stats: bool,
 }
 
 /// Adam optimiser settings (no weight decay).
@@ -265,6 +272,7 @@ impl TrainConfig {
             feature_cache_mb: default_feature_cache_mb(),
             max_tiles_per_image: None,
             limit: None,
+            position_stats: false,
         }
     }
 

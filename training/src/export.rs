@@ -27,8 +27,10 @@ use crate::teacher::{Teacher, TeacherOp};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{BatchNorm, Conv2d, ConvTranspose2d, Linear};
 use fabric_inspect::meta::{
-    FeatureSpec, InputMode, ModelMeta, META_FILE, SCHEMA_VERSION, STUDENT_FILE, TEACHER_FILE,
+    FeatureSpec, InputMode, ModelMeta, PositionMeta, META_FILE, SCHEMA_VERSION, STUDENT_FILE,
+    TEACHER_FILE,
 };
+use fabric_inspect::position::PositionStats;
 use fabric_inspect::threshold::ScoreStats;
 use std::path::{Path, PathBuf};
 
@@ -470,6 +472,8 @@ pub struct MetaInfo {
     pub seed: u64,
     /// The training configuration, verbatim (null for an untrained export).
     pub training_config: serde_yaml::Value,
+    /// Position statistics of the run, if it computed them.
+    pub position: Option<PositionMeta>,
 }
 
 /// The metadata of `rrd` exported at `info.input_size`.
@@ -509,6 +513,7 @@ pub fn model_meta(rrd: &Rrd, info: &MetaInfo) -> ModelMeta {
         threshold: info.threshold,
         threshold_source: info.threshold_source.clone(),
         threshold_history: Vec::new(),
+        position: info.position.clone(),
         seed: info.seed,
         training_config: info.training_config.clone(),
     }
@@ -566,7 +571,38 @@ fn check_replaceable(dir: &Path) -> Result<()> {
 /// read back), and the folder is then renamed into place; an existing model folder at
 /// `out_dir` is replaced. On any error nothing is left at `out_dir` beyond what was there.
 pub fn export_model(rrd: &Rrd, meta: &ModelMeta, out_dir: &Path) -> Result<ExportSummary> {
+    export_model_with(rrd, meta, None, out_dir)
+}
+
+/// [`export_model`] that also writes the position statistics `meta.position` names.
+pub fn export_model_with(
+    rrd: &Rrd,
+    meta: &ModelMeta,
+    position: Option<&PositionStats>,
+    out_dir: &Path,
+) -> Result<ExportSummary> {
     meta.validate().map_err(ExportError::Meta)?;
+    match (&meta.position, position) {
+        (None, None) => {}
+        (Some(p), Some(stats)) => {
+            if (stats.width, stats.height) != (p.width as usize, p.height as usize) {
+                return Err(ExportError::Meta(format!(
+                    "position statistics are {}×{}, model.yaml says {}×{}",
+                    stats.width, stats.height, p.width, p.height
+                )));
+            }
+        }
+        (Some(_), None) => {
+            return Err(ExportError::Meta(
+                "model.yaml names position statistics but none were given".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ExportError::Meta(
+                "position statistics given but model.yaml does not name them".into(),
+            ))
+        }
+    }
     let size = meta.input_size as usize;
     let shapes = rrd.teacher.feature_shapes(size, size);
     for (f, s) in meta.features.iter().zip(&shapes) {
@@ -608,6 +644,9 @@ pub fn export_model(rrd: &Rrd, meta: &ModelMeta, out_dir: &Path) -> Result<Expor
         };
         atomic(TEACHER_FILE, &tbytes)?;
         atomic(STUDENT_FILE, &sbytes)?;
+        if let (Some(p), Some(stats)) = (&meta.position, position) {
+            atomic(&p.file, &stats.to_bytes())?;
+        }
         meta.save(&tmp)
             .map_err(|e| ExportError::Meta(e.to_string()))?;
         ModelMeta::load(&tmp).map_err(|e| ExportError::Meta(e.to_string()))?;
@@ -678,6 +717,7 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(Rrd, ModelMeta)> {
         threshold_source: "training validation".to_string(),
         seed: cfg.seed,
         training_config,
+        position: stats.position.clone(),
     };
     let meta = model_meta(&rrd, &info);
     Ok((rrd, meta))
@@ -695,6 +735,7 @@ pub fn untrained_info(input_mode: InputMode, input_size: u32, seed: u64) -> Meta
         threshold_source: "none: untrained export (run `calibrate` on normal images)".to_string(),
         seed,
         training_config: serde_yaml::Value::Null,
+        position: None,
     }
 }
 
@@ -703,7 +744,17 @@ pub fn untrained_info(input_mode: InputMode, input_size: u32, seed: u64) -> Meta
 /// A missing, corrupt or truncated checkpoint fails before anything is written.
 pub fn export_run(run_dir: &Path, out_dir: &Path) -> Result<(ModelMeta, ExportSummary)> {
     let (rrd, meta) = load_run(run_dir, &Device::Cpu)?;
-    let summary = export_model(&rrd, &meta, out_dir)?;
+    let position = match &meta.position {
+        Some(p) => Some(
+            PositionStats::read(&run_dir.join(&p.file), p.width as usize, p.height as usize)
+                .map_err(|e| ExportError::Run {
+                    path: run_dir.to_path_buf(),
+                    msg: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+    let summary = export_model_with(&rrd, &meta, position.as_ref(), out_dir)?;
     Ok((meta, summary))
 }
 

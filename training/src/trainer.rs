@@ -15,7 +15,7 @@
 
 use crate::checkpoint::{self, CurveRow, ImageScore, RunDir, RunStats, TrainState};
 use crate::config::TrainConfig;
-use crate::data::{self, Rng, TileSet, TrainData};
+use crate::data::{self, Rng, SourceInfo, TileSet, TileSpec, TrainData};
 use crate::featcache::FeatureCache;
 use crate::loss::rrd_loss;
 use crate::model::{named_trainable_vars, Rrd};
@@ -25,7 +25,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use fabric_inspect::anomaly::{anomaly_maps, default_layer_weights, FeatureView};
 use fabric_inspect::gaussian::gaussian_smooth;
-use fabric_inspect::meta::InputMode;
+use fabric_inspect::meta::{InputMode, PositionMeta};
+use fabric_inspect::position::{PositionAccumulator, PositionStats};
 use fabric_inspect::threshold::{default_threshold, ScoreStats};
 use fabric_inspect::tiling::{Stitcher, TileGrid};
 use serde::{Deserialize, Serialize};
@@ -296,16 +297,40 @@ pub fn validation_loss(
 }
 
 /// Scores every source image of `set` as inference does (per-tile maps, stitched, smoothed
-/// with σ = 4, maximum); returns one score per source image.
+/// with σ = 4, per-pixel z-scores when `position` is given, maximum); returns one score per
+/// source image.
 pub fn score_images(
     model: &Rrd,
     set: &TileSet,
     mode: InputMode,
     batch: usize,
     device: &Device,
+    position: Option<&PositionStats>,
 ) -> Result<Vec<f32>> {
-    let size = set.size;
     let mut scores = Vec::with_capacity(set.sources.len());
+    for_each_smoothed_map(model, set, mode, batch, device, |src, mut map, w, h| {
+        if let Some(p) = position {
+            p.check_size(w, h)
+                .and_then(|_| p.normalise(&mut map))
+                .map_err(|e| TrainError::Model(format!("{}: {e}", src.path.display())))?;
+        }
+        scores.push(map.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        Ok(())
+    })?;
+    Ok(scores)
+}
+
+/// Calls `f(source, smoothed map, width, height)` for every source image of `set`, its map
+/// computed as inference does (per-tile maps, stitched, smoothed with σ = 4).
+pub fn for_each_smoothed_map(
+    model: &Rrd,
+    set: &TileSet,
+    mode: InputMode,
+    batch: usize,
+    device: &Device,
+    mut f: impl FnMut(&SourceInfo, Vec<f32>, usize, usize) -> Result<()>,
+) -> Result<()> {
+    let size = set.size;
     for src in &set.sources {
         let mut maps: Vec<Vec<f32>> = Vec::with_capacity(src.tiles.len());
         for chunk in src.tiles.chunks(batch.max(1)) {
@@ -336,10 +361,44 @@ pub fn score_images(
                 (st.finish()?, src.width as usize, src.height as usize)
             }
         };
-        let smooth = gaussian_smooth(&map, w, h, MAP_SIGMA);
-        scores.push(smooth.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        f(src, gaussian_smooth(&map, w, h, MAP_SIGMA), w, h)?;
     }
-    Ok(scores)
+    Ok(())
+}
+
+/// Position statistics of the training split's images (one at a time, every tile, no
+/// blur), scored by `model`; fails naming the image when the sizes differ.
+pub fn position_stats(
+    model: &Rrd,
+    cfg: &TrainConfig,
+    paths: &[std::path::PathBuf],
+    device: &Device,
+) -> Result<PositionStats> {
+    let spec = TileSpec {
+        mode: cfg.input_mode,
+        size: cfg.image_size,
+        norm: cfg.backbone.normalization(),
+        max_tiles: None,
+    };
+    let mut acc: Option<PositionAccumulator> = None;
+    for path in paths {
+        let set = data::load_tiles(std::slice::from_ref(path), &spec, None);
+        for_each_smoothed_map(model, &set, cfg.input_mode, 8, device, |src, map, w, h| {
+            acc.get_or_insert_with(|| PositionAccumulator::new(w, h))
+                .add(&map, w, h)
+                .map_err(|e| {
+                    TrainError::Model(format!(
+                        "position_stats: {}: {e}; every training image must have one size",
+                        src.path.display()
+                    ))
+                })
+        })?;
+    }
+    let acc = acc.ok_or_else(|| {
+        TrainError::Model("position_stats: no training image could be scored".into())
+    })?;
+    acc.finish(MAP_SIGMA)
+        .map_err(|e| TrainError::Model(format!("position_stats: {e}")))
 }
 
 fn flat4(t: &Tensor) -> Result<(Vec<f32>, [usize; 4])> {
@@ -508,8 +567,23 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
     // Threshold from the validation normals, scored by the best checkpoint without blur.
     let best = run.read_best(&device)?;
     checkpoint::load_into(&model.varmap, &best, out)?;
+    let position = if cfg.position_stats {
+        let t0 = Instant::now();
+        let stats = position_stats(&model, cfg, &data.split.train, &device)?;
+        run.write_position(&stats)?;
+        tracing::info!(
+            width = stats.width,
+            height = stats.height,
+            images = data.split.train.len(),
+            seconds = format!("{:.1}", t0.elapsed().as_secs_f64()),
+            "position statistics of the training images written"
+        );
+        Some(stats)
+    } else {
+        None
+    };
     let set = data.val_for_scoring();
-    let scores = score_images(&model, set, cfg.input_mode, 8, &device)?;
+    let scores = score_images(&model, set, cfg.input_mode, 8, &device, position.as_ref())?;
     let stats = ScoreStats::from_scores(&scores)?;
     let threshold = default_threshold(&stats);
     let run_stats = RunStats {
@@ -527,6 +601,12 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
             .collect(),
         best_epoch: state.best_epoch,
         best_val_loss: state.best_val_loss,
+        position: position.as_ref().map(|p| PositionMeta {
+            file: checkpoint::files::POSITION.to_string(),
+            width: p.width as u32,
+            height: p.height as u32,
+            images: data.split.train.len(),
+        }),
     };
     run.write_stats(&run_stats)?;
     tracing::info!(
@@ -552,6 +632,7 @@ pub fn same_model_and_data(old: &TrainConfig, new: &TrainConfig) -> bool {
     a.early_stop = new.early_stop;
     a.threads = new.threads;
     a.feature_cache_mb = new.feature_cache_mb;
+    a.position_stats = new.position_stats;
     &a == new
 }
 

@@ -101,7 +101,15 @@ fn best_checkpoint_loads_back_and_scores_as_stored() {
     let dev = Device::Cpu;
     let (cfg, model) = load_model(&out, &dev).unwrap();
     let loaded = data::load(&cfg).unwrap();
-    let scores = score_images(&model, loaded.val_for_scoring(), cfg.input_mode, 8, &dev).unwrap();
+    let scores = score_images(
+        &model,
+        loaded.val_for_scoring(),
+        cfg.input_mode,
+        8,
+        &dev,
+        None,
+    )
+    .unwrap();
     let stored = checkpoint::load_stats(&out).unwrap();
     let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
     assert_eq!(scores, stored);
@@ -205,7 +213,15 @@ fn stored_run_rescores_identically() {
         }
     }
     let loaded = data::load(&cfg).unwrap();
-    let scores = score_images(&model, loaded.val_for_scoring(), cfg.input_mode, 8, &dev).unwrap();
+    let scores = score_images(
+        &model,
+        loaded.val_for_scoring(),
+        cfg.input_mode,
+        8,
+        &dev,
+        None,
+    )
+    .unwrap();
     let stored = checkpoint::load_stats(&dir).unwrap();
     let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
     assert_eq!(scores, stored);
