@@ -77,3 +77,61 @@ fn replacing_the_threshold_keeps_history() {
     assert_eq!(h1.stats, Some(first));
     assert_eq!(h1.replaced_at.len(), "2024-01-01T00:00:00Z".len());
 }
+
+#[test]
+fn position_statistics_entries_are_checked() {
+    use fabric_inspect::meta::{InputMode, PositionMeta};
+    let mut meta = fixture_meta();
+    let pos = PositionMeta {
+        file: "position.bin".into(),
+        width: 4096,
+        height: 256,
+        images: 10,
+    };
+    meta.input_mode = InputMode::Tile;
+    meta.position = Some(pos.clone());
+    assert!(meta.validate().is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    meta.save(dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("model.yaml")).unwrap();
+    assert!(text.contains("position:"), "{text}");
+    assert_eq!(ModelMeta::load(dir.path()).unwrap(), meta);
+
+    for (bad, want) in [
+        (
+            PositionMeta {
+                images: 1,
+                ..pos.clone()
+            },
+            "at least 2",
+        ),
+        (
+            PositionMeta {
+                file: "../elsewhere.bin".into(),
+                ..pos.clone()
+            },
+            "plain file name",
+        ),
+        (
+            PositionMeta {
+                width: 0,
+                ..pos.clone()
+            },
+            "empty frame",
+        ),
+    ] {
+        meta.position = Some(bad);
+        let e = meta.validate().unwrap_err();
+        assert!(e.contains(want), "{e}");
+    }
+    // In resize mode the map is input_size², so must the statistics be.
+    meta.input_mode = InputMode::Resize;
+    meta.position = Some(pos);
+    let e = meta.validate().unwrap_err();
+    assert!(e.contains("resize mode"), "{e}");
+    // Models without statistics write no `position` key at all.
+    meta.position = None;
+    meta.save(dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("model.yaml")).unwrap();
+    assert!(!text.contains("position:"), "{text}");
+}

@@ -367,13 +367,14 @@ pub fn for_each_smoothed_map(
 }
 
 /// Position statistics of the training split's images (one at a time, every tile, no
-/// blur), scored by `model`; fails naming the image when the sizes differ.
+/// blur), scored by `model`, and how many images they come from (unreadable ones are
+/// skipped with a warning); fails naming the image when the sizes differ.
 pub fn position_stats(
     model: &Rrd,
     cfg: &TrainConfig,
     paths: &[std::path::PathBuf],
     device: &Device,
-) -> Result<PositionStats> {
+) -> Result<(PositionStats, usize)> {
     let spec = TileSpec {
         mode: cfg.input_mode,
         size: cfg.image_size,
@@ -397,8 +398,10 @@ pub fn position_stats(
     let acc = acc.ok_or_else(|| {
         TrainError::Model("position_stats: no training image could be scored".into())
     })?;
-    acc.finish(MAP_SIGMA)
-        .map_err(|e| TrainError::Model(format!("position_stats: {e}")))
+    let stats = acc
+        .finish(MAP_SIGMA)
+        .map_err(|e| TrainError::Model(format!("position_stats: {e}")))?;
+    Ok((stats, acc.count()))
 }
 
 fn flat4(t: &Tensor) -> Result<(Vec<f32>, [usize; 4])> {
@@ -569,21 +572,28 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
     checkpoint::load_into(&model.varmap, &best, out)?;
     let position = if cfg.position_stats {
         let t0 = Instant::now();
-        let stats = position_stats(&model, cfg, &data.split.train, &device)?;
+        let (stats, images) = position_stats(&model, cfg, &data.split.train, &device)?;
         run.write_position(&stats)?;
         tracing::info!(
             width = stats.width,
             height = stats.height,
-            images = data.split.train.len(),
+            images,
             seconds = format!("{:.1}", t0.elapsed().as_secs_f64()),
             "position statistics of the training images written"
         );
-        Some(stats)
+        Some((stats, images))
     } else {
         None
     };
     let set = data.val_for_scoring();
-    let scores = score_images(&model, set, cfg.input_mode, 8, &device, position.as_ref())?;
+    let scores = score_images(
+        &model,
+        set,
+        cfg.input_mode,
+        8,
+        &device,
+        position.as_ref().map(|(p, _)| p),
+    )?;
     let stats = ScoreStats::from_scores(&scores)?;
     let threshold = default_threshold(&stats);
     let run_stats = RunStats {
@@ -601,11 +611,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
             .collect(),
         best_epoch: state.best_epoch,
         best_val_loss: state.best_val_loss,
-        position: position.as_ref().map(|p| PositionMeta {
+        position: position.as_ref().map(|(p, images)| PositionMeta {
             file: checkpoint::files::POSITION.to_string(),
             width: p.width as u32,
             height: p.height as u32,
-            images: data.split.train.len(),
+            images: *images,
         }),
     };
     run.write_stats(&run_stats)?;

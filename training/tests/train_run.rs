@@ -226,3 +226,86 @@ fn stored_run_rescores_identically() {
     let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
     assert_eq!(scores, stored);
 }
+
+#[test]
+fn position_statistics_are_trained_exported_and_applied_by_the_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 6);
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_config(root, 2, 5);
+    cfg.position_stats = true;
+    train(&cfg, &out, &quiet()).unwrap();
+
+    // The run folder holds the statistics of the readable training images (128×64 each).
+    let stats = checkpoint::load_stats(&out).unwrap();
+    let pos = stats
+        .position
+        .clone()
+        .expect("stats.yaml names the statistics");
+    assert_eq!((pos.width, pos.height), (128, 64));
+    let split = checkpoint::RunDir::open(&out)
+        .unwrap()
+        .read_split()
+        .unwrap();
+    let readable_train = split
+        .train
+        .iter()
+        .filter(|p| !p.to_string_lossy().contains("corrupt"))
+        .count();
+    assert_eq!(pos.images, readable_train);
+    let p = fabric_inspect::position::PositionStats::read(&out.join(&pos.file), 128, 64).unwrap();
+
+    // Validation scores are z-scores: rescoring with the stored statistics gives them back,
+    // and they differ from the raw maxima.
+    let dev = Device::Cpu;
+    let (cfg2, model) = load_model(&out, &dev).unwrap();
+    let loaded = data::load(&cfg2).unwrap();
+    let set = loaded.val_for_scoring();
+    let z = score_images(&model, set, cfg2.input_mode, 8, &dev, Some(&p)).unwrap();
+    let raw = score_images(&model, set, cfg2.input_mode, 8, &dev, None).unwrap();
+    let stored: Vec<f32> = stats.scores.iter().map(|s| s.score).collect();
+    assert_eq!(z, stored);
+    assert_ne!(z, raw);
+
+    // The export carries them, and model.yaml names them.
+    let model_dir = tmp.path().join("model");
+    let (meta, _) = fabric_train::export::export_run(&out, &model_dir).unwrap();
+    assert_eq!(meta.position, Some(pos.clone()));
+    let reloaded = fabric_inspect::meta::ModelMeta::load(&model_dir).unwrap();
+    assert_eq!(reloaded.position, Some(pos.clone()));
+    assert_eq!(
+        std::fs::read(model_dir.join(&pos.file)).unwrap(),
+        std::fs::read(out.join(&pos.file)).unwrap()
+    );
+
+    // A damaged statistics file makes the export fail and leave nothing behind.
+    let bytes = std::fs::read(out.join(&pos.file)).unwrap();
+    std::fs::write(out.join(&pos.file), &bytes[..bytes.len() - 8]).unwrap();
+    let e = fabric_train::export::export_run(&out, &tmp.path().join("model2")).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+    assert!(!tmp.path().join("model2").exists());
+    std::fs::write(out.join(&pos.file), &bytes).unwrap();
+
+    // The runtime applies them: an image of the training size scores like the trainer's
+    // z-score, another size is refused with the reason.
+    if let Err(e) = fabric_inspect::engine::ort_library_path() {
+        eprintln!("skipping the runtime half: {e}");
+        return;
+    }
+    let insp = fabric_inspect::inspector::Inspector::load(
+        &model_dir,
+        fabric_inspect::inspector::InspectOptions::default(),
+    )
+    .unwrap();
+    assert!(insp.position().is_some());
+    let first = &stats.scores[0];
+    let got = insp.inspect_path(&first.path).unwrap().score;
+    assert!(
+        (got - first.score).abs() <= 1e-3 * first.score.abs().max(1.0),
+        "runtime z-score {got} vs trainer {}",
+        first.score
+    );
+    let other = image::RgbImage::from_pixel(96, 64, image::Rgb([120, 120, 120]));
+    let e = insp.inspect_image(&other).unwrap_err().to_string();
+    assert!(e.contains("128×64") && e.contains("96×64"), "{e}");
+}
