@@ -324,3 +324,80 @@ fn bench_batches_may_be_empty_and_eval_bins_are_checked() {
     assert_eq!(o.status.code(), Some(2), "a bad flag is a fatal error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--bins must be an even number"));
 }
+
+#[test]
+fn calibrate_learns_position_statistics_and_inspect_applies_them() {
+    if !ort_available("calibrate_learns_position_statistics_and_inspect_applies_them") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = copy_model(tmp.path());
+    // Five 600×300 "good frames": the fixture frame with a little pixel noise each.
+    let good = tmp.path().join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    let base = image::open(fixture().join("frame_600x300.png"))
+        .unwrap()
+        .to_rgb8();
+    for k in 0..5u32 {
+        let mut img = base.clone();
+        for (x, y, p) in img.enumerate_pixels_mut() {
+            let d = ((x * 31 + y * 17 + k * 7) % 5) as u8;
+            p.0 = p.0.map(|v| v.saturating_add(d));
+        }
+        img.save(good.join(format!("{k}.png"))).unwrap();
+    }
+    let o = bin(&["calibrate", "--model", s(&model), "--position", s(&good)]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["position_images"], 3, "images 0, 2, 4");
+    assert_eq!(summary["images"], 2, "images 1, 3 give the threshold");
+    let meta = fabric_inspect::meta::ModelMeta::load(&model).unwrap();
+    let pos = meta.position.clone().unwrap();
+    assert_eq!((pos.width, pos.height, pos.images), (600, 300, 3));
+    assert!(model.join(&pos.file).is_file());
+
+    // Frames of the training size are scored as z-scores; the good ones pass.
+    let o = bin(&["inspect", "--model", s(&model), s(&good)]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(json_lines(&o.stdout).iter().all(|l| l["verdict"] == "ok"));
+    // Another size is refused, naming both sizes, and the run goes on with exit code 1.
+    let o = bin(&[
+        "inspect",
+        "--model",
+        s(&model),
+        s(&fixture().join("frame_300x200.png")),
+        s(&good.join("0.png")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("600×300") && err.contains("300×200"), "{err}");
+    assert_eq!(json_lines(&o.stdout).len(), 2);
+
+    // Learning them again replaces the file; the old one is removed.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = bin(&["calibrate", "--model", s(&model), "--position", s(&good)]);
+    assert_eq!(o.status.code(), Some(0));
+    let again = fabric_inspect::meta::ModelMeta::load(&model).unwrap();
+    let new_file = again.position.unwrap().file;
+    assert_ne!(new_file, pos.file);
+    assert!(!model.join(&pos.file).exists());
+    assert!(model.join(&new_file).is_file());
+
+    // Too few images: a clear error, nothing changed.
+    let before = std::fs::read(model.join("model.yaml")).unwrap();
+    let o = bin(&[
+        "calibrate",
+        "--model",
+        s(&model),
+        "--position",
+        s(&good.join("0.png")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 4"));
+    assert_eq!(std::fs::read(model.join("model.yaml")).unwrap(), before);
+}
