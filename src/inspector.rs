@@ -250,6 +250,22 @@ impl Inspector {
                  `ok`; run `fabric-inspect calibrate` on defect-free images or pass --threshold"
             );
         }
+        let trained_with_position = meta
+            .training_config
+            .get("position_stats")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if meta.position.is_none()
+            && trained_with_position
+            && meta.threshold_source == "training validation"
+        {
+            tracing::warn!(
+                model = %dir.display(),
+                "this model was trained with position statistics but model.yaml names none: \
+                 its threshold is a z-score and does not fit raw scores; re-export the model \
+                 or run `fabric-inspect calibrate --position`"
+            );
+        }
         let position = match (&meta.position, options.ignore_position) {
             (Some(p), false) => Some(PositionStats::read(
                 &dir.join(&p.file),

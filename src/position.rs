@@ -48,7 +48,8 @@ impl PositionStats {
         Err(Error::Other(format!(
             "the model's position statistics are for {}×{} maps, this one is {width}×{height} \
              (position statistics hold for one frame size: inspect frames of the training \
-             size, or train without `position_stats`)",
+             size, learn statistics for this size with `fabric-inspect calibrate --position`, \
+             or train without `position_stats`)",
             self.width, self.height
         )))
     }
@@ -119,10 +120,12 @@ impl PositionStats {
             .collect();
         let (mean, scale) = floats.split_at(n);
         if let Some(i) = mean.iter().position(|v| !v.is_finite()) {
-            return Err(err(format!("mean value {i} is not finite")));
+            return Err(err(format!("the mean at index {i} is not finite")));
         }
         if let Some(i) = scale.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(err(format!("scale value {i} is not a positive number")));
+            return Err(err(format!(
+                "the scale at index {i} is not a positive number"
+            )));
         }
         Ok(PositionStats {
             width,

@@ -388,6 +388,31 @@ fn calibrate_learns_position_statistics_and_inspect_applies_them() {
     assert!(!model.join(&pos.file).exists());
     assert!(model.join(&new_file).is_file());
 
+    // Mixed sizes: the most common size wins, the others are reported and skipped.
+    let mixed = tmp.path().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    for k in 0..5 {
+        std::fs::copy(
+            good.join(format!("{k}.png")),
+            mixed.join(format!("b{k}.png")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        fixture().join("frame_300x200.png"),
+        mixed.join("a_small.png"),
+    )
+    .unwrap();
+    let o = bin(&["calibrate", "--model", s(&model), "--position", s(&mixed)]);
+    assert_eq!(o.status.code(), Some(1), "one input skipped");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a_small.png") && err.contains("600×300"),
+        "{err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["position_images"], 3);
+
     // Too few images: a clear error, nothing changed.
     let before = std::fs::read(model.join("model.yaml")).unwrap();
     let o = bin(&[

@@ -116,7 +116,8 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<ExitCode> {
             // Timing only: the per-pixel z-score costs one pass over the map.
             options.ignore_position = true;
             position_note = Some(format!(
-                "position statistics: the model's are for {}×{} frames, so this {w}×{h} frame                  is timed without them",
+                "position statistics: the model's are for {}×{} frames, so this {w}×{h} frame \
+                 is timed without them",
                 p.width, p.height
             ));
         }

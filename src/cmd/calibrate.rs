@@ -14,7 +14,7 @@
 use super::{collect_images, Ctx, ModelArgs};
 use anyhow::Context;
 use fabric_inspect::inspector::Inspector;
-use fabric_inspect::meta::{ModelMeta, PositionMeta};
+use fabric_inspect::meta::{InputMode, ModelMeta, PositionMeta};
 use fabric_inspect::position::{PositionAccumulator, PositionStats};
 use fabric_inspect::threshold::{default_threshold, ScoreStats};
 use std::path::PathBuf;
@@ -51,11 +51,49 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     for (path, why) in &bad {
         eprintln!("error: {}: {why}", path.display());
     }
+    let mut files = files;
+    if args.position && meta.input_mode == InputMode::Tile {
+        // The statistics hold for one frame size: keep the most common one (header only).
+        let mut sizes: Vec<((u32, u32), usize)> = Vec::new();
+        let mut dims = Vec::with_capacity(files.len());
+        for path in &files {
+            match image::image_dimensions(path) {
+                Ok(d) => {
+                    match sizes.iter_mut().find(|(s, _)| *s == d) {
+                        Some((_, n)) => *n += 1,
+                        None => sizes.push((d, 1)),
+                    }
+                    dims.push(Some(d));
+                }
+                Err(e) => {
+                    eprintln!("error: {}: cannot read the image size: {e}", path.display());
+                    dims.push(None);
+                }
+            }
+        }
+        let common = sizes.iter().max_by_key(|(_, n)| *n).map(|(s, _)| *s);
+        let mut kept = Vec::with_capacity(files.len());
+        for (path, d) in files.into_iter().zip(dims) {
+            match (d, common) {
+                (Some(d), Some(c)) if d == c => kept.push(path),
+                (Some((w, h)), Some((cw, ch))) => {
+                    eprintln!(
+                        "error: {}: {w}×{h}, but most calibration frames are {cw}×{ch}; \
+                         position statistics hold for one size",
+                        path.display()
+                    );
+                    failed += 1;
+                }
+                _ => failed += 1,
+            }
+        }
+        files = kept;
+    }
     if args.position {
         anyhow::ensure!(
             files.len() >= 4,
-            "--position needs at least 4 defect-free images (half for the statistics, half \
-             for the threshold), got {}",
+            "--position needs at least 4 defect-free images of one size (half for the \
+             statistics, half for the threshold), got {}; model.yaml left unchanged",
             files.len()
         );
     }
@@ -87,10 +125,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             }
             pb.inc(1);
         }
-        let acc = acc.context("no image for the position statistics could be scored")?;
+        let acc = acc.context(
+            "no image for the position statistics could be scored; model.yaml left unchanged",
+        )?;
         let stats = acc
             .finish(meta.sigma)
-            .context("cannot learn position statistics")?;
+            .context("cannot learn position statistics; model.yaml left unchanged")?;
         position = Some((stats, acc.count()));
     }
     let mut scores = Vec::with_capacity(score_files.len());
@@ -118,6 +158,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         !scores.is_empty(),
         "no normal image could be scored; model.yaml left unchanged"
+    );
+    anyhow::ensure!(
+        !args.position || scores.len() >= 2,
+        "only {} image(s) left to set the threshold against the new position statistics, \
+         at least 2 are needed; model.yaml left unchanged",
+        scores.len()
     );
 
     let stats = ScoreStats::from_scores(&scores)?;
@@ -154,7 +200,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         meta.replace_threshold(threshold, stats, "calibrate");
         meta.save(dir)?;
         if let (Some(old), Some(new)) = (old_file, &meta.position) {
-            if old != new.file {
+            if old != new.file && dir.join(&old).exists() {
                 if let Err(e) = std::fs::remove_file(dir.join(&old)) {
                     tracing::warn!(file = %dir.join(&old).display(), error = %e, "old position statistics not removed");
                 }

@@ -75,7 +75,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 emit(report.to_json_line(), &mut lines);
             }
             Err(e) => {
-                pb.suspend(|| eprintln!("error: {e}"));
+                let msg = e.to_string();
+                let named = msg.contains(&path.display().to_string());
+                pb.suspend(|| {
+                    if named {
+                        eprintln!("error: {msg}");
+                    } else {
+                        eprintln!("error: {}: {msg}", path.display());
+                    }
+                });
                 emit(error_json_line(path, &e.to_string()), &mut lines);
                 failed += 1;
             }

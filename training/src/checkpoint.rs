@@ -61,7 +61,7 @@ pub enum CheckpointError {
     Exists(PathBuf),
     /// `--resume` with a config that differs from the run's own in more than `max_epochs`,
     /// `early_stop` or `threads`.
-    #[error("run folder {0}: the config differs from the run's config.yaml in more than max_epochs, early_stop or threads; resume with the same config")]
+    #[error("run folder {0}: the config differs from the run's config.yaml in more than max_epochs, early_stop, threads, feature_cache_mb or position_stats; resume with the same config")]
     ConfigChanged(PathBuf),
     /// The run's student was built with other output activations than the current code
     /// builds for its teacher taps.

@@ -542,7 +542,8 @@ fn folder_err(path: &Path, msg: impl std::fmt::Display) -> ExportError {
     }
 }
 
-/// Checks that an existing `dir` may be replaced: a folder holding nothing but model files.
+/// Checks that an existing `dir` may be replaced: a folder holding nothing but model files
+/// (the networks, `model.yaml`, position statistics as export or `calibrate` names them).
 fn check_replaceable(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Err(folder_err(dir, "exists and is not a folder"));
@@ -552,7 +553,8 @@ fn check_replaceable(dir: &Path) -> Result<()> {
         let entry = entry.map_err(|e| folder_err(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !MODEL_FILES.contains(&name.as_ref()) {
+        let position_file = name.starts_with("position") && name.ends_with(".bin");
+        if !MODEL_FILES.contains(&name.as_ref()) && !position_file {
             return Err(folder_err(
                 dir,
                 format!(

@@ -366,6 +366,46 @@ pub fn for_each_smoothed_map(
     Ok(())
 }
 
+/// Checks before training that position statistics can be computed at its end: at least
+/// two readable training images and, in tile mode, one size for every training and
+/// validation image (the statistics hold for one frame size).
+pub fn check_position_data(cfg: &TrainConfig, data: &TrainData) -> Result<()> {
+    let fail = |msg: String| {
+        Err(TrainError::Model(format!(
+            "position_stats: {msg}; fix the images or set `position_stats: false`"
+        )))
+    };
+    if data.train.sources.len() < 2 {
+        return fail(format!(
+            "{} readable training image(s), the statistics need at least 2",
+            data.train.sources.len()
+        ));
+    }
+    if cfg.input_mode == InputMode::Tile {
+        let first = &data.train.sources[0];
+        let sources = data
+            .train
+            .sources
+            .iter()
+            .chain(&data.val_for_scoring().sources);
+        if let Some(odd) = sources
+            .into_iter()
+            .find(|s| (s.width, s.height) != (first.width, first.height))
+        {
+            return fail(format!(
+                "{} is {}×{} but {} is {}×{}; in tile mode every image must have one size",
+                odd.path.display(),
+                odd.width,
+                odd.height,
+                first.path.display(),
+                first.width,
+                first.height
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Position statistics of the training split's images (one at a time, every tile, no
 /// blur), scored by `model`, and how many images they come from (unreadable ones are
 /// skipped with a warning); fails naming the image when the sizes differ.
@@ -472,6 +512,9 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
     run.write_config(cfg)?;
 
     let data = data::load(cfg)?;
+    if cfg.position_stats {
+        check_position_data(cfg, &data)?;
+    }
     let model = build_model(cfg, &device)?;
     let mut adam = Adam::new(
         named_trainable_vars(&model.varmap),

@@ -278,6 +278,9 @@ fn position_statistics_are_trained_exported_and_applied_by_the_runtime() {
         std::fs::read(out.join(&pos.file)).unwrap()
     );
 
+    // Exporting again over the same folder replaces it.
+    fabric_train::export::export_run(&out, &model_dir).unwrap();
+
     // A damaged statistics file makes the export fail and leave nothing behind.
     let bytes = std::fs::read(out.join(&pos.file)).unwrap();
     std::fs::write(out.join(&pos.file), &bytes[..bytes.len() - 8]).unwrap();
@@ -308,4 +311,20 @@ fn position_statistics_are_trained_exported_and_applied_by_the_runtime() {
     let other = image::RgbImage::from_pixel(96, 64, image::Rgb([120, 120, 120]));
     let e = insp.inspect_image(&other).unwrap_err().to_string();
     assert!(e.contains("128×64") && e.contains("96×64"), "{e}");
+}
+
+#[test]
+fn position_statistics_refuse_mixed_sizes_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 6);
+    let odd = image::GrayImage::from_pixel(96, 64, image::Luma([120]));
+    odd.save(root.join("train/good/050_odd.png")).unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_config(root, 2, 5);
+    cfg.position_stats = true;
+    let e = train(&cfg, &out, &quiet()).unwrap_err().to_string();
+    assert!(e.contains("050_odd.png") && e.contains("96×64"), "{e}");
+    assert!(e.contains("position_stats: false"), "{e}");
+    // Refused before the first epoch: no checkpoint was written.
+    assert!(!out.join(files::BEST).exists());
 }
