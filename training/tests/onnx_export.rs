@@ -151,6 +151,7 @@ fn fake_run(dir: &Path) -> (TrainConfig, RunStats) {
             .collect(),
         best_epoch: 3,
         best_val_loss: 0.5,
+        position: None,
     };
     run.write_stats(&rs).unwrap();
     (cfg, rs)
