@@ -151,6 +151,15 @@ impl Conv {
             w2.broadcast_left(n)?
                 .matmul(&x3)?
                 .reshape((n, self.out_channels, h, w))?
+        } else if cpu && self.groups == 1 && crate::fastconv::fast_convs_enabled() {
+            // im2col and one matrix product per image, on all threads: candle's own CPU
+            // convolution took about 2.5× as long for the ResNet34 teacher.
+            let (xp, pad) = if t == b && l == r && t == l {
+                (x.clone(), t)
+            } else {
+                (x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?, 0)
+            };
+            crate::fastconv::conv2d(&xp, &self.weight, None, self.stride, pad)?
         } else if t == b && l == r && t == l {
             x.conv2d(&self.weight, t, self.stride, 1, self.groups)?
         } else {
