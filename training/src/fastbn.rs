@@ -27,6 +27,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::fastconv::slice as f32s;
+
 thread_local! {
     static FAST: Cell<bool> = const { Cell::new(true) };
 }
@@ -126,17 +128,6 @@ impl Planes {
     /// Planes per rayon task, likewise.
     fn planes_per_task(&self) -> usize {
         (1 << 15) / self.p.max(1) + 1
-    }
-}
-
-/// The contiguous `f32` values of a CPU tensor.
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: f32 tensors only")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: tensors must be contiguous"),
     }
 }
 

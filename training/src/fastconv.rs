@@ -251,8 +251,8 @@ fn gemm(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, accum
     }
 }
 
-/// The f32 slice of a contiguous CPU tensor argument.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The f32 slice of a contiguous CPU tensor argument (shared with [`crate::fastbn`]).
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{op}: f32 tensors only")
     };
