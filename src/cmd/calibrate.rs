@@ -141,7 +141,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 Some((p, _)) => {
                     p.check_size(r.map.width, r.map.height)?;
                     p.normalise(&mut r.map.data)?;
-                    Ok(r.map.data.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+                    Ok(r.map.peak().0)
                 }
                 None => Ok(r.score),
             });

@@ -315,10 +315,22 @@ impl CustomOp3 for BnTrain {
 // Backward
 // ---------------------------------------------------------------------------------------------
 
-fn stats_of<'a>(stats: &'a OnceLock<Stats>, op: &str) -> Result<&'a Stats> {
-    stats
+/// The forward pass's statistics and the `(x, dy)` arguments of a backward op, checked
+/// against the forward pass's shape.
+fn backward_args<'a>(
+    stats: &'a OnceLock<Stats>,
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> Result<(&'a Stats, &'a [f32], &'a [f32])> {
+    let st = stats
         .get()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: forward pass did not run")))
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: forward pass did not run")))?;
+    let (x, dy) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+    if Planes::of(l1.shape())? != st.planes || l2.shape() != l1.shape() {
+        candle_core::bail!("{op}: shapes differ from the forward pass")
+    }
+    Ok((st, x, dy))
 }
 
 /// `(x, dy) → [2, c]` in `f64`: row 0 `Σ dy` (dβ), row 1 `Σ dy·x̂` (dγ), per channel.
@@ -339,12 +351,8 @@ impl CustomOp2 for BnGradSums {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let st = stats_of(&self.stats, op)?;
+        let (st, x, dy) = backward_args(&self.stats, op, (s1, l1), (s2, l2))?;
         let pl = st.planes;
-        let (x, dy) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
-        if Planes::of(l1.shape())? != pl || l2.shape() != l1.shape() {
-            candle_core::bail!("{op}: shapes differ from the forward pass")
-        }
         let sums: Vec<(f64, f64)> = (0..pl.c)
             .into_par_iter()
             .with_min_len(pl.channels_per_task())
@@ -386,12 +394,8 @@ impl CustomOp3 for BnGradInput {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let st = stats_of(&self.stats, op)?;
+        let (st, x, dy) = backward_args(&self.stats, op, (s1, l1), (s2, l2))?;
         let pl = st.planes;
-        let (x, dy) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
-        if Planes::of(l1.shape())? != pl || l2.shape() != l1.shape() {
-            candle_core::bail!("{op}: shapes differ from the forward pass")
-        }
         let sums = match (s3, l3.contiguous_offsets()) {
             (CpuStorage::F64(v), Some((a, b))) if b - a == 2 * pl.c => &v[a..b],
             _ => candle_core::bail!("{op}: sums must be a contiguous f64 [2, {}]", pl.c),

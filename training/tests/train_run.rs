@@ -6,6 +6,7 @@ use candle_core::Device;
 use fabric_train::checkpoint::{self, files, load_model};
 use fabric_train::config::TrainConfig;
 use fabric_train::data;
+use fabric_train::model::Rrd;
 use fabric_train::trainer::{score_images, train, TrainOptions};
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,17 @@ fn quiet() -> TrainOptions {
 
 fn read(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Scores the validation images of `cfg` with `model` (no position statistics) and checks
+/// that the scores equal those stored in the run folder `run`.
+fn assert_rescores_as_stored(model: &Rrd, cfg: &TrainConfig, run: &Path) {
+    let loaded = data::load(cfg).unwrap();
+    let set = loaded.val_for_scoring();
+    let scores = score_images(model, set, cfg.input_mode, 8, &Device::Cpu, None).unwrap();
+    let stored = checkpoint::load_stats(run).unwrap();
+    let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
+    assert_eq!(scores, stored);
 }
 
 #[test]
@@ -98,21 +110,8 @@ fn best_checkpoint_loads_back_and_scores_as_stored() {
     let out = tmp.path().join("run");
     train(&tiny_config(root, 2, 3), &out, &quiet()).unwrap();
 
-    let dev = Device::Cpu;
-    let (cfg, model) = load_model(&out, &dev).unwrap();
-    let loaded = data::load(&cfg).unwrap();
-    let scores = score_images(
-        &model,
-        loaded.val_for_scoring(),
-        cfg.input_mode,
-        8,
-        &dev,
-        None,
-    )
-    .unwrap();
-    let stored = checkpoint::load_stats(&out).unwrap();
-    let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
-    assert_eq!(scores, stored);
+    let (cfg, model) = load_model(&out, &Device::Cpu).unwrap();
+    assert_rescores_as_stored(&model, &cfg, &out);
 }
 
 #[test]
@@ -212,19 +211,7 @@ fn stored_run_rescores_identically() {
             *r = repo.join(&*r);
         }
     }
-    let loaded = data::load(&cfg).unwrap();
-    let scores = score_images(
-        &model,
-        loaded.val_for_scoring(),
-        cfg.input_mode,
-        8,
-        &dev,
-        None,
-    )
-    .unwrap();
-    let stored = checkpoint::load_stats(&dir).unwrap();
-    let stored: Vec<f32> = stored.scores.iter().map(|s| s.score).collect();
-    assert_eq!(scores, stored);
+    assert_rescores_as_stored(&model, &cfg, &dir);
 }
 
 #[test]
