@@ -344,14 +344,10 @@ impl Inspector {
         if w == 0 || h == 0 {
             return Err(Error::Other("cannot inspect an empty image".into()));
         }
-        if let Some(p) = &self.position {
-            match self.meta.input_mode {
-                InputMode::Tile => p.check_size(w as usize, h as usize)?,
-                InputMode::Resize => {
-                    let s = self.meta.input_size as usize;
-                    p.check_size(s, s)?
-                }
-            }
+        // In resize mode the map is always input_size², which `ModelMeta::validate` has
+        // checked against the statistics; in tile mode it is the image's size.
+        if let (Some(p), InputMode::Tile) = (&self.position, self.meta.input_mode) {
+            p.check_size(w as usize, h as usize)?;
         }
         let mut times = StageTimes::default();
         let (unsmoothed, mw, mh, tiles) = match self.meta.input_mode {
