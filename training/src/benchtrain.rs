@@ -34,6 +34,25 @@ pub struct BenchSpec {
     pub size: usize,
     /// Teacher weights: a path, `random`, or `None` for the backbone's default.
     pub teacher_weights: Option<String>,
+    /// Time the fast convolutions and BatchNorm passes of the last run ([`crate::opprof`]).
+    pub profile: bool,
+}
+
+/// Time of one kind of pass in the profiled run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileRow {
+    /// Phase of the step: teacher, student, backward or optimizer.
+    pub phase: String,
+    /// Pass and geometry, e.g. `product k3s1 64x64x64 / 64` (input channels × height ×
+    /// width / channels on the other side).
+    pub op: String,
+    /// Passes of this kind in the step.
+    pub calls: u64,
+    /// Milliseconds per image.
+    pub ms: f64,
+    /// Whether the pass runs inside another row's (im2col, col2im), so it is not added to
+    /// the phase's total again.
+    pub nested: bool,
 }
 
 /// Milliseconds per image of each part of a step.
@@ -74,6 +93,8 @@ pub struct BenchReport {
     pub median: PartTimes,
     /// Peak resident memory in bytes, where the platform reports it.
     pub peak_rss_bytes: Option<u64>,
+    /// Per-pass times of the last run, with `--profile` (empty otherwise).
+    pub profile: Vec<ProfileRow>,
 }
 
 /// The process's peak resident set size (`VmHWM`), in bytes; `None` off Linux.
@@ -122,7 +143,12 @@ pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
 
     let mut runs = Vec::with_capacity(spec.runs);
     for i in 0..=spec.runs {
+        if spec.profile {
+            // Only the last run is profiled (the warm-up allocates).
+            crate::opprof::enable(i == spec.runs);
+        }
         let t_all = Instant::now();
+        crate::opprof::set_phase(0);
         let t0 = Instant::now();
         let t: Vec<Tensor> = model
             .teacher
@@ -131,15 +157,18 @@ pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
             .map(Tensor::detach)
             .collect();
         let teacher = ms(t0);
+        crate::opprof::set_phase(1);
         let t0 = Instant::now();
         let s = model.student.forward_t(&t, true)?;
         let loss = rrd_loss(&t, &s, &cfg.loss_weights)?;
         // Force the lazy parts of the graph to be computed inside this timing.
         let _ = loss.to_scalar::<f32>()?;
         let student = ms(t0);
+        crate::opprof::set_phase(2);
         let t0 = Instant::now();
         let grads = loss.backward()?;
         let backward = ms(t0);
+        crate::opprof::set_phase(3);
         let t0 = Instant::now();
         adam.apply(&grads)?;
         let optimizer = ms(t0);
@@ -164,6 +193,23 @@ pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
             runs.push(p);
         }
     }
+    let b = spec.batch as f64;
+    let profile = if spec.profile {
+        let rows = crate::opprof::snapshot()
+            .into_iter()
+            .map(|(phase, op, e)| ProfileRow {
+                phase: phase.to_string(),
+                nested: op.starts_with("im2col") || op.starts_with("col2im"),
+                op,
+                calls: e.calls,
+                ms: e.secs * 1e3 / b,
+            })
+            .collect();
+        crate::opprof::enable(false);
+        rows
+    } else {
+        Vec::new()
+    };
     let pick = |f: fn(&PartTimes) -> f64| median(runs.iter().map(f).collect());
     let median = PartTimes {
         teacher_ms: pick(|p| p.teacher_ms),
@@ -182,6 +228,7 @@ pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
         runs,
         median,
         peak_rss_bytes: peak_rss_bytes(),
+        profile,
     })
 }
 
@@ -214,6 +261,47 @@ impl BenchReport {
                 "peak RSS                {:>8.2} GiB\n",
                 b as f64 / (1u64 << 30) as f64
             ));
+        }
+        if let Some(last) = self.runs.last().filter(|_| !self.profile.is_empty()) {
+            s.push_str(&self.profile_table(last));
+        }
+        s
+    }
+
+    /// The profiled run's passes by phase, slowest first, each phase closed by the time
+    /// outside the timed passes (candle's own operations).
+    fn profile_table(&self, last: &PartTimes) -> String {
+        let mut s = String::from(
+            "\nprofile of the last run, ms/image (· = inside the row above it in time)\n",
+        );
+        for (phase, total) in [
+            ("teacher", last.teacher_ms),
+            ("student", last.student_loss_ms),
+            ("backward", last.backward_ms),
+            ("optimizer", last.optimizer_ms),
+        ] {
+            let mut rows: Vec<&ProfileRow> =
+                self.profile.iter().filter(|r| r.phase == phase).collect();
+            rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+            s.push_str(&format!("{phase:<44}{total:>8.1}\n"));
+            let mut timed = 0.0;
+            for r in &rows {
+                if !r.nested {
+                    timed += r.ms;
+                }
+                let mark = if r.nested { "·" } else { " " };
+                s.push_str(&format!(
+                    "  {mark}{:<36}{:>5}{:>8.1}\n",
+                    r.op, r.calls, r.ms
+                ));
+            }
+            if !rows.is_empty() {
+                s.push_str(&format!(
+                    "   {:<41}{:>8.1}\n",
+                    "other operations",
+                    total - timed
+                ));
+            }
         }
         s
     }

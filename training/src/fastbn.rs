@@ -109,6 +109,11 @@ impl Planes {
         Ok(Self { n, c, p: h * w })
     }
 
+    /// Profiler key of a pass over these planes.
+    fn key(&self, pass: &str) -> String {
+        format!("{pass} {}x{}", self.c, self.p)
+    }
+
     /// Values per channel.
     fn count(&self) -> usize {
         self.n * self.p
@@ -218,6 +223,7 @@ impl CustomOp3 for BnTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let pl = Planes::of(l1.shape())?;
+        let _t = crate::opprof::timer(|| pl.key("bn forward"));
         let (x, gamma, beta) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?, f32s(s3, l3, op)?);
         if gamma.len() != pl.c || beta.len() != pl.c {
             candle_core::bail!("{op}: γ and β need {} values", pl.c)
@@ -353,6 +359,7 @@ impl CustomOp2 for BnGradSums {
         let op = self.name();
         let (st, x, dy) = backward_args(&self.stats, op, (s1, l1), (s2, l2))?;
         let pl = st.planes;
+        let _t = crate::opprof::timer(|| pl.key("bn grad sums"));
         let sums: Vec<(f64, f64)> = (0..pl.c)
             .into_par_iter()
             .with_min_len(pl.channels_per_task())
@@ -396,6 +403,7 @@ impl CustomOp3 for BnGradInput {
         let op = self.name();
         let (st, x, dy) = backward_args(&self.stats, op, (s1, l1), (s2, l2))?;
         let pl = st.planes;
+        let _t = crate::opprof::timer(|| pl.key("bn grad input"));
         let sums = match (s3, l3.contiguous_offsets()) {
             (CpuStorage::F64(v), Some((a, b))) if b - a == 2 * pl.c => &v[a..b],
             _ => candle_core::bail!("{op}: sums must be a contiguous f64 [2, {}]", pl.c),

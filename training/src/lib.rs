@@ -20,6 +20,7 @@ pub mod featcache;
 pub mod loss;
 pub mod model;
 pub mod onnx;
+pub mod opprof;
 pub mod residual;
 pub mod student;
 pub mod summary;

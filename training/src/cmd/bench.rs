@@ -29,6 +29,10 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time the convolution and BatchNorm passes of the last run, by phase and
+    /// geometry.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Runs the subcommand.
@@ -48,6 +52,7 @@ pub fn run(args: Args, _ctx: &super::Ctx) -> anyhow::Result<()> {
         runs: args.runs,
         size: 256,
         teacher_weights: args.teacher_weights,
+        profile: args.profile,
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
