@@ -15,6 +15,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Linear, VarBuilder};
 
+use crate::fastops;
 use crate::student::{conv2d, conv_forward, linear, softmax_width, ConvReluBn};
 
 /// Zero padding of SSPCAB (sub-kernel 1 + dilation 1).
@@ -148,8 +149,7 @@ impl Sspcab {
                 Some(s) => (s + y)?,
             });
         }
-        sum.ok_or_else(|| candle_core::Error::Msg("SSPCAB without convs".into()))?
-            .relu()
+        fastops::relu(&sum.ok_or_else(|| candle_core::Error::Msg("SSPCAB without convs".into()))?)
     }
 }
 
@@ -184,7 +184,7 @@ impl Attention2 {
 
 impl Module for Attention2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = conv_forward(&self.conv1, x)?.relu()?;
+        let a = fastops::relu(&conv_forward(&self.conv1, x)?)?;
         let z = conv_forward(&self.conv2, &a)?;
         softmax_width(&z)? * a
     }

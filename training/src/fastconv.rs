@@ -20,8 +20,9 @@
 //! itself. The 2×2 stride-2 transposed convolution of the decoder has disjoint windows, so
 //! its `col2im` is a plain scatter.
 //!
-//! The products go through the `gemm` crate (the one behind candle's `matmul`), with
-//! candle's thread count. Results equal candle's convolutions up to float rounding.
+//! The products go through `matrixmultiply`: with a batch of at least as many images as
+//! threads, one image per task on one thread each; otherwise split by columns over the
+//! threads (candle's thread count). Results equal candle's convolutions up to float rounding.
 //! [`conv2d_layer`] and [`conv_transpose2d_layer`] take the layers of `candle_nn` (same
 //! parameter tensors, so checkpoints and the exporter see no difference) and fall back to
 //! candle's own forward off the CPU, for non-f32 tensors, dilation or groups, or while
@@ -272,6 +273,13 @@ struct Mat {
     cs: isize,
 }
 
+// SAFETY: a `Mat` is a read-only view over a slice that its creator keeps borrowed while
+// the product that reads it runs (every `Mat` here is built from a live `&[f32]` and used
+// within the same function call).
+unsafe impl Send for Mat {}
+// SAFETY: as above; nothing writes through it.
+unsafe impl Sync for Mat {}
+
 impl Mat {
     /// A row-major `[_, cols]` matrix.
     fn rows(s: &[f32], cols: usize) -> Self {
@@ -293,9 +301,13 @@ impl Mat {
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, `dst` row-major `m × n`; accumulates when
-/// `accumulate`, overwrites otherwise. `threaded`: split the product over candle's threads
-/// (the `gemm` crate); otherwise it runs on the calling thread (`matrixmultiply`, the faster
-/// of the two on one thread for these shapes).
+/// `accumulate`, overwrites otherwise. `threaded`: the columns of `dst` are split over
+/// candle's threads; otherwise the product runs on the calling thread.
+///
+/// Every product goes through `matrixmultiply` (the fastest single-threaded kernel for
+/// these shapes), whose value at each output element does not depend on which columns are
+/// computed together: a split product equals the whole one bit for bit, so an image's
+/// features do not depend on the batch it is in or the thread count.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     dst: &mut [f32],
@@ -309,54 +321,66 @@ fn gemm(
 ) {
     assert!(dst.len() >= m * n, "gemm: destination too small");
     let threads = candle_core::utils::get_num_threads();
-    if !threaded || threads < 2 {
-        // SAFETY: as below; matrixmultiply reads `m × k` / `k × n` elements through the
-        // given strides and writes the `m × n` destination, which is not aliased.
+    // Columns per task: at least 64, so that a task amortises its packing.
+    let per_task = if threaded && threads > 1 {
+        n.div_ceil(threads).max(64)
+    } else {
+        n
+    };
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    let out = SyncPtr(dst.as_mut_ptr());
+    let columns = |j0: usize| {
+        // Whole views, not their fields (closures capture fields separately).
+        let (lhs, rhs, out) = (&lhs, &rhs, &out);
+        let cols = per_task.min(n - j0);
+        // SAFETY: `lhs`/`rhs` are views over slices that hold at least the `m × k` /
+        // `k × n` elements their strides address (checked by the shapes computed in the ops
+        // below); columns `j0..j0 + cols` of `rhs` and `dst` lie inside them. Tasks write
+        // disjoint column ranges of `dst`, which holds `m × n` values (asserted above).
         unsafe {
             matrixmultiply::sgemm(
                 m,
                 k,
-                n,
+                cols,
                 1.0,
                 lhs.ptr,
                 lhs.rs,
                 lhs.cs,
-                rhs.ptr,
+                rhs.ptr.offset(j0 as isize * rhs.cs),
                 rhs.rs,
                 rhs.cs,
-                if accumulate { 1.0 } else { 0.0 },
-                dst.as_mut_ptr(),
+                beta,
+                out.get().add(j0),
                 n as isize,
                 1,
             )
         }
-        return;
+    };
+    if per_task >= n {
+        columns(0);
+    } else {
+        (0..n)
+            .step_by(per_task)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(columns);
     }
-    // SAFETY: every caller passes `lhs`/`rhs` views over slices that hold at least the
-    // `m × k` / `k × n` elements their strides address (checked by the shapes computed in
-    // the ops below), and `dst` holds `m × n` values (asserted above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(threads),
-        )
+}
+
+/// A pointer into an output buffer that parallel tasks share, each writing its own disjoint
+/// range (shared with [`crate::fastops`]).
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: users only write disjoint ranges through it from different tasks, and the buffer
+// outlives the tasks (they run inside the function that owns it).
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -847,6 +871,32 @@ mod tests {
         check_transposed([2, 3, 4, 4, 4], [1, 1, 0]);
         check_transposed([1, 3, 2, 4, 5], [3, 1, 1]);
         check_transposed([1, 2, 3, 3, 3], [3, 2, 0]); // overlapping windows
+    }
+
+    #[test]
+    fn split_products_equal_whole_ones_bit_for_bit() {
+        // What makes features independent of batch and thread count (see `gemm`).
+        for (m, n, k) in [(64, 4096, 576), (7, 200, 33), (512, 64, 4608), (3, 65, 1)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0)
+                .collect();
+            let (mut whole, mut split) = (vec![0f32; m * n], vec![1f32; m * n]);
+            let (lhs, rhs) = (Mat::rows(&a, k), Mat::rows(&b, n));
+            gemm(&mut whole, m, n, k, lhs, rhs, false, false);
+            gemm(&mut split, m, n, k, lhs, rhs, false, true);
+            assert!(whole == split, "{m}×{n}×{k}: split product differs");
+            // Transposed operands too (the weight gradient's layout).
+            let rhs_t = Mat::transposed(&b, k);
+            gemm(&mut whole, m, n, k, lhs, rhs_t, false, false);
+            gemm(&mut split, m, n, k, lhs, rhs_t, false, true);
+            assert!(
+                whole == split,
+                "{m}×{n}×{k}: split transposed product differs"
+            );
+        }
     }
 
     #[test]

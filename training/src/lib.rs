@@ -16,6 +16,7 @@ pub mod data;
 pub mod export;
 pub mod fastbn;
 pub mod fastconv;
+pub mod fastops;
 pub mod featcache;
 pub mod loss;
 pub mod model;
@@ -27,3 +28,13 @@ pub mod summary;
 pub mod teacher;
 pub mod trainer;
 pub mod weights;
+
+/// Turns every fast CPU path of the training step on or off for the calling thread: the
+/// convolutions of [`fastconv`], the fused BatchNorm of [`fastbn`] and the fused element-wise
+/// operations of [`fastops`]. Off, the student runs on candle's own operations only: the
+/// straightforward path that tests compare against.
+pub fn set_fast_paths(enabled: bool) {
+    fastconv::set_fast_convs(enabled);
+    fastbn::set_fast_batch_norm(enabled);
+    fastops::set_fast_elementwise(enabled);
+}

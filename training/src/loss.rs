@@ -25,12 +25,7 @@ pub fn cos_distance(t: &Tensor, s: &Tensor) -> Result<Tensor> {
             s.dims()
         )
     }
-    let eps2 = NORM_EPS * NORM_EPS;
-    let dot = (t * s)?.sum(1)?;
-    let nt = t.sqr()?.sum(1)?.maximum(eps2)?.sqrt()?;
-    let ns = s.sqr()?.sum(1)?.maximum(eps2)?.sqrt()?;
-    let cos = dot.div(&(nt * ns)?)?;
-    cos.affine(-1.0, 1.0)
+    crate::fastops::cos_distance(t, s, NORM_EPS)
 }
 
 /// Per-pixel `1 − cos` maps `[N, H_i, W_i]`, one per feature pair (for scoring).

@@ -13,6 +13,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
+use crate::fastops;
 use crate::student::{conv2d, conv_forward, softmax_width, ConvReluBn};
 
 /// Spatial attention with 1×1 convolutions (with bias):
@@ -37,8 +38,8 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = conv_forward(&self.conv1, x)?.relu()?;
-        let b = conv_forward(&self.conv2, &a)?.relu()?;
+        let a = fastops::relu(&conv_forward(&self.conv1, x)?)?;
+        let b = fastops::relu(&conv_forward(&self.conv2, &a)?)?;
         let z = conv_forward(&self.conv3, &b)?;
         softmax_width(&z)? * a
     }

@@ -59,6 +59,7 @@ use fabric_inspect::meta::Variant;
 use rayon::prelude::*;
 
 use crate::bottleneck::Bottleneck;
+use crate::fastops;
 use crate::residual::ResidualPaths;
 
 /// BatchNorm epsilon of every student BatchNorm (PyTorch default).
@@ -371,7 +372,11 @@ impl ConvReluBn {
 
     /// conv → ReLU → BatchNorm (`train`: batch statistics).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        batch_norm_t(&self.bn, &conv_forward(&self.conv, x)?.relu()?, train)
+        batch_norm_t(
+            &self.bn,
+            &fastops::relu(&conv_forward(&self.conv, x)?)?,
+            train,
+        )
     }
 }
 
@@ -456,7 +461,7 @@ impl DecoderBlock {
             FirstConv::Up(ct) => conv_transpose2x2_forward(ct, x)?,
             FirstConv::Same(c) => conv_forward(c, x)?,
         };
-        let y = batch_norm_t(&self.bn1, &y, train)?.relu()?;
+        let y = fastops::relu(&batch_norm_t(&self.bn1, &y, train)?)?;
         let y = batch_norm_t(&self.bn2, &conv_forward(&self.conv2, &y)?, train)?;
         let sc = match &self.shortcut {
             None => x.clone(),
@@ -467,11 +472,10 @@ impl DecoderBlock {
                 batch_norm_t(bn, &conv_forward(conv, x)?, train)?
             }
         };
-        let y = (y + sc)?;
         if self.out_relu {
-            y.relu()
+            fastops::add_relu(&y, &sc)
         } else {
-            Ok(y)
+            y + sc
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The fast convolutions against candle's own: the whole student's gradients, and its weights
-//! after a few Adam steps, agree within float tolerance.
+//! The fast paths of a training step (convolutions, fused BatchNorm, fused element-wise
+//! operations and loss) against candle's own operations: the whole student's gradients, and
+//! its weights after a few Adam steps, agree within float tolerance.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use fabric_inspect::meta::Variant;
-use fabric_train::fastconv::set_fast_convs;
 use fabric_train::loss::rrd_loss;
 use fabric_train::model::{named_trainable_vars, seeded_var_builder};
+use fabric_train::set_fast_paths;
 use fabric_train::student::Student;
 use fabric_train::trainer::Adam;
 
@@ -58,14 +59,14 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
 }
 
-/// Loss and gradients of one training-mode step, fast or straightforward convolutions.
+/// Loss and gradients of one training-mode step, fast paths on or off.
 fn grads(fast: bool, variant: Variant, t: &[Tensor]) -> (f32, Vec<(String, Tensor)>) {
-    set_fast_convs(fast);
+    set_fast_paths(fast);
     let (varmap, s) = student(variant);
     let out = s.forward_t(t, true).unwrap();
     let loss = rrd_loss(t, &out, &[0.25; 4]).unwrap();
     let g = loss.backward().unwrap();
-    set_fast_convs(true);
+    set_fast_paths(true);
     let named = named_trainable_vars(&varmap)
         .into_iter()
         .map(|(name, v)| {
@@ -123,7 +124,7 @@ fn mean_abs(t: &Tensor) -> f32 {
 
 /// Losses of 4 Adam steps (the recipe's settings) and the weights after them.
 fn adam_run(fast: bool, batches: &[Vec<Tensor>]) -> (Vec<f32>, Vec<(String, Var)>) {
-    set_fast_convs(fast);
+    set_fast_paths(fast);
     let (varmap, s) = student(Variant::Residual);
     let vars = named_trainable_vars(&varmap);
     let mut adam = Adam::new(vars.clone(), 0.005, [0.9, 0.999], 1e-8);
@@ -134,7 +135,7 @@ fn adam_run(fast: bool, batches: &[Vec<Tensor>]) -> (Vec<f32>, Vec<(String, Var)
         losses.push(loss.to_scalar::<f32>().unwrap());
         adam.apply(&loss.backward().unwrap()).unwrap();
     }
-    set_fast_convs(true);
+    set_fast_paths(true);
     (losses, vars)
 }
 

@@ -1,0 +1,510 @@
+//! ReLU, the decoder's residual `ReLU(a + b)` and the loss's per-pixel cosine distance as
+//! single operations with one-pass backward passes.
+//!
+//! candle's ReLU backward builds its mask from five tensor operations (zeros, compare,
+//! convert, multiply, add) on one thread, and `ReLU(a + b)` adds the sum's own node. Here:
+//!
+//! ```text
+//! relu       y = max(x, 0)          dx = dy · [x ≥ 0]
+//! add_relu   y = max(a + b, 0)      da = db = dy · [a + b ≥ 0]
+//! ```
+//!
+//! in parallel over blocks of the tensor, and
+//!
+//! ```text
+//! cos_distance  d = 1 − t·s / (|t|·|s|)     (|v| = √max(v·v, ε²), sums over channels)
+//!               ds_c = dd · (s_c·t·s / (|t|·|s|³) − t_c / (|t|·|s|))
+//! ```
+//!
+//! per block of pixels of one image, with no gradient for the teacher side `t` (its fast
+//! path runs only where `t` is detached). The mask is candle's (`x ≥ 0`, so that the
+//! gradient at exactly zero passes as it does there), which keeps the fast path equal to
+//! the straightforward one. [`set_fast_elementwise`] turns these off on the calling thread;
+//! off the CPU, for other dtypes or non-contiguous inputs the composed candle operations run.
+
+use std::cell::Cell;
+
+use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
+use rayon::prelude::*;
+
+use crate::fastconv::{slice as f32s, SyncPtr};
+
+thread_local! {
+    static FAST: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns the fused ReLU operations on or off for layers run from the calling thread (on by
+/// default). Off, candle's composed operations run: the path tests compare against.
+pub fn set_fast_elementwise(enabled: bool) {
+    FAST.with(|f| f.set(enabled));
+}
+
+/// Whether layers run from the calling thread use the fused ReLU operations.
+pub fn fast_elementwise_enabled() -> bool {
+    FAST.with(Cell::get)
+}
+
+/// Values per rayon task.
+const CHUNK: usize = 1 << 15;
+
+fn applies(ts: &[&Tensor]) -> bool {
+    fast_elementwise_enabled()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !applies(&[x]) {
+        return x.relu();
+    }
+    x.contiguous()?.apply_op1(Relu)
+}
+
+/// `max(a + b, 0)` for two tensors of one shape.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !applies(&[a, b]) || a.dims() != b.dims() {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}
+
+/// Per-pixel `1 − cos(t, s)` along the channels of two `[N, C, H, W]` tensors →
+/// `[N, H, W]`; norms are `√max(‖·‖², eps²)`. The fused op runs where `t` carries no
+/// gradient (the frozen teacher's detached features); elsewhere the composed candle
+/// operations do.
+pub fn cos_distance(t: &Tensor, s: &Tensor, eps: f64) -> Result<Tensor> {
+    let (n, _, h, w) = s.dims4()?;
+    if !applies(&[t, s]) || t.track_op() || t.dims() != s.dims() {
+        let eps2 = eps * eps;
+        let dot = (t * s)?.sum(1)?;
+        let nt = t.sqr()?.sum(1)?.maximum(eps2)?.sqrt()?;
+        let ns = s.sqr()?.sum(1)?.maximum(eps2)?.sqrt()?;
+        let cos = dot.div(&(nt * ns)?)?;
+        return cos.affine(-1.0, 1.0);
+    }
+    let op = CosDistance {
+        eps2: (eps * eps) as f32,
+    };
+    t.contiguous()?
+        .apply_op2(&s.contiguous()?, op)?
+        .reshape((n, h, w))
+}
+
+fn same_len(op: &str, a: &[f32], b: &[f32]) -> Result<()> {
+    if a.len() != b.len() {
+        candle_core::bail!("{op}: arguments of {} and {} values", a.len(), b.len())
+    }
+    Ok(())
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "fused-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = v.max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?))
+    }
+}
+
+/// `(x, dy) → dy · [x ≥ 0]`.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "fused-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (x, g) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+        same_len(op, x, g)?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (xs, gs))| {
+                for ((o, &v), &gv) in d.iter_mut().zip(xs).zip(gs) {
+                    *o = if v >= 0.0 { gv } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "fused-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (a, b) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+        same_len(op, a, b)?;
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(d, (xa, xb))| {
+                for ((o, &u), &v) in d.iter_mut().zip(xa).zip(xb) {
+                    *o = (u + v).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = a.apply_op3_no_bwd(b, &grad.contiguous()?, &AddReluGrad)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `(a, b, dy) → dy · [a + b ≥ 0]`.
+struct AddReluGrad;
+
+impl CustomOp3 for AddReluGrad {
+    fn name(&self) -> &'static str {
+        "fused-add-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (a, b, g) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?, f32s(s3, l3, op)?);
+        same_len(op, a, b)?;
+        same_len(op, a, g)?;
+        let mut d = vec![0f32; a.len()];
+        d.par_chunks_mut(CHUNK)
+            .zip(
+                a.par_chunks(CHUNK)
+                    .zip(b.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))),
+            )
+            .for_each(|(o, (xa, (xb, gs)))| {
+                for (((o, &u), &v), &gv) in o.iter_mut().zip(xa).zip(xb).zip(gs) {
+                    *o = if u + v >= 0.0 { gv } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// `(t, s) → 1 − cos(t, s)` per pixel, `[N, 1, H, W]`.
+#[derive(Clone, Copy)]
+struct CosDistance {
+    eps2: f32,
+}
+
+/// Pixels per block of the cosine distance: a block's values of both tensors over 512
+/// channels stay within a core's L2 cache.
+const PIXELS: usize = 128;
+
+/// Per-pixel sums over the channels of one block: `t·s`, `t·t`, `s·s`.
+fn channel_sums(t: &[f32], s: &[f32], c: usize, p: usize, j0: usize, len: usize) -> [Vec<f32>; 3] {
+    let (mut dot, mut tt, mut ss) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+    for ch in 0..c {
+        let r = ch * p + j0..ch * p + j0 + len;
+        let (tr, sr) = (&t[r.clone()], &s[r]);
+        for j in 0..len {
+            dot[j] += tr[j] * sr[j];
+            tt[j] += tr[j] * tr[j];
+            ss[j] += sr[j] * sr[j];
+        }
+    }
+    [dot, tt, ss]
+}
+
+impl CosDistance {
+    fn norm(&self, sq: f32) -> f32 {
+        sq.max(self.eps2).sqrt()
+    }
+}
+
+fn dims_nchw(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        d => candle_core::bail!("{op}: needs NCHW tensors, got shape {d:?}"),
+    }
+}
+
+impl CustomOp2 for CosDistance {
+    fn name(&self) -> &'static str {
+        "fused-cos-distance"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (t, s) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+        same_len(op, t, s)?;
+        let (n, c, p) = dims_nchw(l1, op)?;
+        let mut d = vec![0f32; n * p];
+        d.par_chunks_mut(p)
+            .zip(t.par_chunks(c * p).zip(s.par_chunks(c * p)))
+            .flat_map(|(di, (ti, si))| {
+                di.par_chunks_mut(PIXELS)
+                    .enumerate()
+                    .map(move |(b, db)| (db, ti, si, b * PIXELS))
+            })
+            .for_each(|(db, ti, si, j0)| {
+                let [dot, tt, ss] = channel_sums(ti, si, c, p, j0, db.len());
+                for (j, o) in db.iter_mut().enumerate() {
+                    let cos = dot[j] / (self.norm(tt[j]) * self.norm(ss[j]));
+                    *o = 1.0 - cos;
+                }
+            });
+        Ok((CpuStorage::F32(d), Shape::from((n, 1, p))))
+    }
+
+    fn bwd(
+        &self,
+        t: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ds = t.apply_op3_no_bwd(s, &grad.contiguous()?, &CosDistanceGrad(*self))?;
+        Ok((None, Some(ds)))
+    }
+}
+
+/// `(t, s, dd) → ds` of [`CosDistance`].
+struct CosDistanceGrad(CosDistance);
+
+impl CustomOp3 for CosDistanceGrad {
+    fn name(&self) -> &'static str {
+        "fused-cos-distance-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (t, s, g) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?, f32s(s3, l3, op)?);
+        same_len(op, t, s)?;
+        let (n, c, p) = dims_nchw(l1, op)?;
+        if g.len() != n * p {
+            candle_core::bail!("{op}: gradient of {} values for {n}×{p} pixels", g.len())
+        }
+        let cd = self.0;
+        let mut ds = vec![0f32; t.len()];
+        // Per image, per block of pixels: the sums, then ds channel by channel.
+        let blocks: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (0..p).step_by(PIXELS).map(move |j0| (i, j0)))
+            .collect();
+        let out = SyncPtr(ds.as_mut_ptr());
+        blocks.par_iter().for_each(|&(i, j0)| {
+            let len = PIXELS.min(p - j0);
+            let (ti, si) = (
+                &t[i * c * p..(i + 1) * c * p],
+                &s[i * c * p..(i + 1) * c * p],
+            );
+            let [dot, tt, ss] = channel_sums(ti, si, c, p, j0, len);
+            // ds_c = a·s_c − b·t_c, a = dd·dot/(|t|·|s|³) (0 where |s| is clamped),
+            // b = dd/(|t|·|s|).
+            let mut a = vec![0f32; len];
+            let mut b = vec![0f32; len];
+            for j in 0..len {
+                let (nt, ns) = (cd.norm(tt[j]), cd.norm(ss[j]));
+                let gd = g[i * p + j0 + j];
+                b[j] = gd / (nt * ns);
+                a[j] = if ss[j] > cd.eps2 {
+                    gd * dot[j] / (nt * ns * ns * ns)
+                } else {
+                    0.0
+                };
+            }
+            for ch in 0..c {
+                let off = (i * c + ch) * p + j0;
+                // SAFETY: the blocks are disjoint (one image, one pixel range each), so every
+                // value of `ds` is written by exactly one task; `off + len ≤ ds.len()`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(off), len) };
+                let (tr, sr) = (&t[off..off + len], &s[off..off + len]);
+                for j in 0..len {
+                    dst[j] = a[j] * sr[j] - b[j] * tr[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(ds), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(n: usize, salt: u64) -> Tensor {
+        let mut s = salt.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let v: Vec<f32> = (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                // Some exact zeros, to check the mask at zero.
+                if i % 17 == 0 {
+                    0.0
+                } else {
+                    (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, (2, 3, 5, n / 30), &Device::Cpu).unwrap()
+    }
+
+    /// Output and input gradients of `f` with the fused ops on or off.
+    fn run(fast: bool, f: impl Fn(&Tensor, &Tensor) -> Tensor) -> Vec<Vec<f32>> {
+        let a = Var::from_tensor(&values(30 * 700, 1)).unwrap();
+        let b = Var::from_tensor(&values(30 * 700, 2)).unwrap();
+        let up = values(30 * 700, 3);
+        set_fast_elementwise(fast);
+        let y = f(a.as_tensor(), b.as_tensor());
+        set_fast_elementwise(true);
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut out = vec![flat(&y), flat(g.get(a.as_tensor()).unwrap())];
+        if let Some(gb) = g.get(b.as_tensor()) {
+            out.push(flat(gb));
+        }
+        out
+    }
+
+    #[test]
+    fn fused_relu_equals_candle_relu_and_its_gradient() {
+        let f = |a: &Tensor, _: &Tensor| relu(a).unwrap();
+        assert_eq!(run(true, f), run(false, f));
+    }
+
+    #[test]
+    fn fused_add_relu_equals_the_composed_operations() {
+        let f = |a: &Tensor, b: &Tensor| add_relu(a, b).unwrap();
+        assert_eq!(run(true, f), run(false, f));
+    }
+
+    /// Distance and student gradient, fused or composed.
+    fn cos_run(t: &Tensor, s: &Tensor, fast: bool) -> (Tensor, Tensor) {
+        let s = Var::from_tensor(s).unwrap();
+        let (n, _, h, w) = t.dims4().unwrap();
+        let up = values(n * h * w, 7).reshape((n, h, w)).unwrap();
+        set_fast_elementwise(fast);
+        let d = cos_distance(t, s.as_tensor(), 1e-12).unwrap();
+        set_fast_elementwise(true);
+        let g = (&d * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        (d, g.get(s.as_tensor()).unwrap().clone())
+    }
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_cos_distance_equals_the_composed_operations() {
+        // 300 channels × 150 pixels: more than one pixel block, a last partial block.
+        let t = values(2 * 300 * 150, 5).reshape((2, 300, 10, 15)).unwrap();
+        let s = values(2 * 300 * 150, 6).reshape((2, 300, 10, 15)).unwrap();
+        let ((df, gf), (dc, gc)) = (cos_run(&t, &s, true), cos_run(&t, &s, false));
+        assert_eq!(df.dims(), dc.dims());
+        assert!(
+            rel_diff(&df, &dc) < 1e-5,
+            "distance: {}",
+            rel_diff(&df, &dc)
+        );
+        assert!(
+            rel_diff(&gf, &gc) < 1e-5,
+            "gradient: {}",
+            rel_diff(&gf, &gc)
+        );
+
+        // A pixel whose student vector is zero: its norm is clamped, both paths agree there.
+        let zero = Tensor::zeros((1, 300, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let s0 = s.slice_assign(&[0..1, 0..300, 3..4, 7..8], &zero).unwrap();
+        let ((df, gf), (dc, gc)) = (cos_run(&t, &s0, true), cos_run(&t, &s0, false));
+        let at = |x: &Tensor| x.narrow(2, 3, 1).unwrap().narrow(3, 7, 1).unwrap();
+        assert!(rel_diff(&at(&gf), &at(&gc)) < 1e-5);
+        assert!(rel_diff(&df, &dc) < 1e-5);
+    }
+
+    #[test]
+    fn cos_distance_of_a_tracked_teacher_keeps_its_gradient() {
+        let t = Var::from_tensor(&values(30 * 20, 8).reshape((1, 30, 4, 5)).unwrap()).unwrap();
+        let s = values(30 * 20, 9).reshape((1, 30, 4, 5)).unwrap();
+        let d = cos_distance(t.as_tensor(), &s, 1e-12).unwrap();
+        let g = d.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(t.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn non_contiguous_inputs_are_copied_first() {
+        let a = values(30 * 8, 4);
+        let t = a.transpose(2, 3).unwrap();
+        let want = t
+            .relu()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got = relu(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got, want);
+    }
+}
