@@ -189,6 +189,74 @@ impl Geom {
         }
     }
 
+    /// Output row `oy` of `cols(x)ᵀ`: `ow` consecutive rows of `rows()` values, one per
+    /// output pixel.
+    fn im2col_t_row(&self, x: &[f32], oy: usize, block: &mut [f32]) {
+        let (k, kdim, s, pad) = (self.win.k, self.rows(), self.win.stride, self.win.pad);
+        let plane = self.h * self.w;
+        // Pixels per group: a group's rows of `cols(x)ᵀ` (PIX · rows() values) stay in the
+        // L1 cache while every channel and kernel row writes into them.
+        const PIX: usize = 8;
+        for (g, group) in block.chunks_mut(PIX * kdim).enumerate() {
+            let ox0 = g * PIX;
+            for ci in 0..self.c {
+                for ky in 0..k {
+                    let r0 = (ci * k + ky) * k;
+                    let Some(iy) = self.src(oy, ky, self.h) else {
+                        for px in group.chunks_exact_mut(kdim) {
+                            px[r0..r0 + k].fill(0.0);
+                        }
+                        continue;
+                    };
+                    let line = &x[ci * plane + iy * self.w..ci * plane + (iy + 1) * self.w];
+                    for (j, px) in group.chunks_exact_mut(kdim).enumerate() {
+                        let d = &mut px[r0..r0 + k];
+                        let x0 = ((ox0 + j) * s) as isize - pad as isize;
+                        if x0 >= 0 && x0 as usize + k <= self.w {
+                            let src = &line[x0 as usize..x0 as usize + k];
+                            if let (Ok(d3), Ok(s3)) = (
+                                <&mut [f32; 3]>::try_from(&mut *d),
+                                <&[f32; 3]>::try_from(src),
+                            ) {
+                                // The common 3×3 kernel: three moves, not a copy call.
+                                *d3 = *s3;
+                            } else {
+                                d.copy_from_slice(src);
+                            }
+                        } else {
+                            // The window reaches into the zero padding.
+                            for (kx, v) in d.iter_mut().enumerate() {
+                                let ix = x0 + kx as isize;
+                                *v = if ix >= 0 && (ix as usize) < self.w {
+                                    line[ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `cols(x)ᵀ` (`cols() × rows()`, row-major) for one map `x`, its output rows in
+    /// parallel when `parallel`. The weight gradient's product reads it faster than the
+    /// transposed view of `cols(x)`: its pixels (the summed dimension) are then the rows.
+    fn im2col_t(&self, x: &[f32], ct: &mut [f32], parallel: bool) {
+        let row = self.ow * self.rows();
+        let ct = &mut ct[..self.cols() * self.rows()];
+        if parallel {
+            ct.par_chunks_mut(row)
+                .enumerate()
+                .for_each(|(oy, block)| self.im2col_t_row(x, oy, block));
+        } else {
+            for (oy, block) in ct.chunks_mut(row).enumerate() {
+                self.im2col_t_row(x, oy, block);
+            }
+        }
+    }
+
     /// Sums the `k·k` rows of channel `ci` of `cols` back onto its `h·w` plane (overwritten).
     fn col2im_plane(&self, cols: &[f32], ci: usize, plane: &mut [f32]) {
         let (k, p, s) = (self.win.k, self.cols(), self.win.stride);
@@ -618,21 +686,16 @@ impl CustomOp2 for WindowGradient {
         }
         let _t = crate::opprof::timer(|| g.key("weight-grad", m));
         let (kdim, p) = (g.rows(), g.cols());
-        // Adds a[n] · cols(b[n])ᵀ onto `dw`.
+        // Adds a[n] · cols(b[n])ᵀ onto `dw` (cols(b[n])ᵀ written out, also for 1×1 windows).
         let one = |dw: &mut [f32], ai: &[f32], bi: &[f32], threaded: bool| {
-            if self.win.is_identity() {
-                let rhs = Mat::transposed(bi, p);
+            with_scratch(kdim * p, |ct| {
+                {
+                    let _t = crate::opprof::timer(|| g.key("im2col", m));
+                    g.im2col_t(bi, ct, threaded);
+                }
+                let rhs = Mat::rows(ct, kdim);
                 gemm(dw, m, kdim, p, Mat::rows(ai, p), rhs, true, threaded);
-            } else {
-                with_scratch(kdim * p, |cols| {
-                    {
-                        let _t = crate::opprof::timer(|| g.key("im2col", m));
-                        g.im2col(bi, cols, threaded);
-                    }
-                    let rhs = Mat::transposed(cols, p);
-                    gemm(dw, m, kdim, p, Mat::rows(ai, p), rhs, true, threaded);
-                })
-            }
+            })
         };
         let pairs = a.par_chunks(m * p).zip(b.par_chunks(c * h * w));
         let dw = if per_image_tasks(n) {
