@@ -33,7 +33,25 @@ enum Command {
     Bench(cmd::bench::Args),
 }
 
+/// Lets glibc's allocator keep freed memory for the next allocation instead of handing it
+/// back to the system. A training step allocates and frees hundreds of activation-sized
+/// buffers (megabytes each); by default glibc maps each one afresh and returns it when freed,
+/// so every step pays page faults and page clearing for all of them (about a tenth of a
+/// backward pass). The process's peak memory is unchanged: it is the same buffers, reused.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; it is called before any other
+    // thread exists.
+    unsafe {
+        // Serve allocations up to 512 MiB from the heap, and trim the heap's top only once
+        // 1 GiB of it is free.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
     let ctx = cmd::Ctx { quiet: cli.quiet };
