@@ -16,7 +16,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Linear, VarBuilder};
 
 use crate::fastops;
-use crate::student::{conv2d, conv_forward, linear, softmax_width, ConvReluBn};
+use crate::student::{conv2d, conv_forward, linear, ConvReluBn};
 
 /// Zero padding of SSPCAB (sub-kernel 1 + dilation 1).
 pub const SSPCAB_PAD: usize = 2;
@@ -186,6 +186,6 @@ impl Module for Attention2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = fastops::relu(&conv_forward(&self.conv1, x)?)?;
         let z = conv_forward(&self.conv2, &a)?;
-        softmax_width(&z)? * a
+        fastops::attend(&z, &a)
     }
 }

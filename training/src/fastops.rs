@@ -1,5 +1,5 @@
-//! ReLU, the decoder's residual `ReLU(a + b)` and the loss's per-pixel cosine distance as
-//! single operations with one-pass backward passes.
+//! ReLU, the decoder's residual `ReLU(a + b)`, the attention blocks' `softmax(z) · a` and
+//! the loss's per-pixel cosine distance as single operations with one-pass backward passes.
 //!
 //! candle's ReLU backward builds its mask from five tensor operations (zeros, compare,
 //! convert, multiply, add) on one thread, and `ReLU(a + b)` adds the sum's own node. Here:
@@ -9,7 +9,14 @@
 //! add_relu   y = max(a + b, 0)      da = db = dy · [a + b ≥ 0]
 //! ```
 //!
-//! in parallel over blocks of the tensor, and
+//! in parallel over blocks of the tensor,
+//!
+//! ```text
+//! attend     y = σ(z) ⊙ a  (σ: softmax along the last axis)
+//!            da = dy ⊙ σ(z),  dz = σ(z) ⊙ (u − Σ_last(u ⊙ σ(z)))  with u = dy ⊙ a
+//! ```
+//!
+//! in parallel over rows (σ(z) is kept from the forward pass for the backward one), and
 //!
 //! ```text
 //! cos_distance  d = 1 − t·s / (|t|·|s|)     (|v| = √max(v·v, ε²), sums over channels)
@@ -23,6 +30,7 @@
 //! off the CPU, for other dtypes or non-contiguous inputs the composed candle operations run.
 
 use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
@@ -91,6 +99,18 @@ pub fn cos_distance(t: &Tensor, s: &Tensor, eps: f64) -> Result<Tensor> {
     t.contiguous()?
         .apply_op2(&s.contiguous()?, op)?
         .reshape((n, h, w))
+}
+
+/// `softmax(z) ⊙ a`, the softmax along the last axis (width, in NCHW), for two tensors of
+/// one shape.
+pub fn attend(z: &Tensor, a: &Tensor) -> Result<Tensor> {
+    if !applies(&[z, a]) || z.dims() != a.dims() {
+        return crate::student::softmax_width(z)? * a;
+    }
+    let op = Attend {
+        softmax: Arc::new(OnceLock::new()),
+    };
+    z.contiguous()?.apply_op2(&a.contiguous()?, op)
 }
 
 fn same_len(op: &str, a: &[f32], b: &[f32]) -> Result<()> {
@@ -228,6 +248,132 @@ impl CustomOp3 for AddReluGrad {
                 }
             });
         Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// `(z, a) → softmax(z) ⊙ a`; keeps `softmax(z)` for the backward pass.
+struct Attend {
+    softmax: Arc<OnceLock<Vec<f32>>>,
+}
+
+/// Length of the last axis of a layout (at least 1).
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
+impl CustomOp2 for Attend {
+    fn name(&self) -> &'static str {
+        "fused-attend"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (z, a) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+        same_len(op, z, a)?;
+        let w = last_dim(l1);
+        let mut sm = vec![0f32; z.len()];
+        let mut y = vec![0f32; z.len()];
+        let rows = (CHUNK / w).max(1) * w;
+        sm.par_chunks_mut(rows)
+            .zip(y.par_chunks_mut(rows))
+            .zip(z.par_chunks(rows).zip(a.par_chunks(rows)))
+            .for_each(|((sm, y), (z, a))| {
+                let it = sm.chunks_mut(w).zip(y.chunks_mut(w));
+                for ((sm, y), (z, a)) in it.zip(z.chunks(w).zip(a.chunks(w))) {
+                    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (e, &v) in sm.iter_mut().zip(z) {
+                        *e = (v - max).exp();
+                        sum += *e;
+                    }
+                    let inv = 1.0 / sum;
+                    for ((e, o), &av) in sm.iter_mut().zip(y.iter_mut()).zip(a) {
+                        *e *= inv;
+                        *o = *e * av;
+                    }
+                }
+            });
+        // A second forward of the same op object (not done by candle) keeps the first σ(z).
+        let _ = self.softmax.set(sm);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _z: &Tensor,
+        a: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = a.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &AttendGrad {
+                softmax: self.softmax.clone(),
+            },
+        )?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+/// `(a, dy) → [dz, da]` of [`Attend`], stacked along a new first axis.
+struct AttendGrad {
+    softmax: Arc<OnceLock<Vec<f32>>>,
+}
+
+impl CustomOp2 for AttendGrad {
+    fn name(&self) -> &'static str {
+        "fused-attend-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (a, g) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+        same_len(op, a, g)?;
+        let Some(sm) = self.softmax.get().filter(|s| s.len() == a.len()) else {
+            candle_core::bail!("{op}: no softmax from the forward pass")
+        };
+        let w = last_dim(l1);
+        let n = a.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dz, da) = out.split_at_mut(n);
+        let rows = (CHUNK / w).max(1) * w;
+        dz.par_chunks_mut(rows)
+            .zip(da.par_chunks_mut(rows))
+            .zip(
+                sm.par_chunks(rows)
+                    .zip(a.par_chunks(rows).zip(g.par_chunks(rows))),
+            )
+            .for_each(|((dz, da), (sm, (a, g)))| {
+                let outs = dz.chunks_mut(w).zip(da.chunks_mut(w));
+                let ins = sm.chunks(w).zip(a.chunks(w).zip(g.chunks(w)));
+                for ((dz, da), (sm, (a, g))) in outs.zip(ins) {
+                    let mut dot = 0f32;
+                    for ((&e, &av), &gv) in sm.iter().zip(a).zip(g) {
+                        dot += gv * av * e;
+                    }
+                    for ((((z, d), &e), &av), &gv) in
+                        dz.iter_mut().zip(da.iter_mut()).zip(sm).zip(a).zip(g)
+                    {
+                        *d = gv * e;
+                        *z = e * (gv * av - dot);
+                    }
+                }
+            });
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
@@ -486,6 +632,30 @@ mod tests {
         let d = cos_distance(t.as_tensor(), &s, 1e-12).unwrap();
         let g = d.sum_all().unwrap().backward().unwrap();
         assert!(g.get(t.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn fused_attend_equals_the_composed_operations() {
+        let z = Var::from_tensor(&(values(30 * 700, 10) * 6.0).unwrap()).unwrap();
+        let a = Var::from_tensor(&values(30 * 700, 11)).unwrap();
+        let up = values(30 * 700, 12);
+        let run = |fast: bool| {
+            set_fast_elementwise(fast);
+            let y = attend(z.as_tensor(), a.as_tensor()).unwrap();
+            set_fast_elementwise(true);
+            let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            [
+                y,
+                g.get(z.as_tensor()).unwrap().clone(),
+                g.get(a.as_tensor()).unwrap().clone(),
+            ]
+        };
+        let (fast, slow) = (run(true), run(false));
+        for (name, (f, s)) in ["y", "dz", "da"].iter().zip(fast.iter().zip(&slow)) {
+            assert_eq!(f.dims(), s.dims());
+            let d = rel_diff(f, s);
+            assert!(d < 1e-5, "{name} differs by {d}");
+        }
     }
 
     #[test]

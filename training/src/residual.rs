@@ -14,7 +14,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use crate::fastops;
-use crate::student::{conv2d, conv_forward, softmax_width, ConvReluBn};
+use crate::student::{conv2d, conv_forward, ConvReluBn};
 
 /// Spatial attention with 1×1 convolutions (with bias):
 /// `a = ReLU(conv1(x))`, `b = ReLU(conv2(a))`, `z = conv3(b)`, `out = softmax_width(z) · a`.
@@ -41,7 +41,7 @@ impl Module for Attention {
         let a = fastops::relu(&conv_forward(&self.conv1, x)?)?;
         let b = fastops::relu(&conv_forward(&self.conv2, &a)?)?;
         let z = conv_forward(&self.conv3, &b)?;
-        softmax_width(&z)? * a
+        fastops::attend(&z, &a)
     }
 }
 
