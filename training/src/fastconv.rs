@@ -30,7 +30,9 @@
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::{Conv2d, ConvTranspose2d};
 use rayon::prelude::*;
 
@@ -493,20 +495,16 @@ struct WindowGradient {
     win: Window,
 }
 
-impl CustomOp2 for WindowProduct {
-    fn name(&self) -> &'static str {
-        "fast-conv2d"
-    }
-
-    fn cpu_fwd(
+impl WindowProduct {
+    /// The forward pass; with `bias` (one value per output channel) each output row starts
+    /// from its bias and the product is added onto it.
+    fn forward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        op: &str,
+        (x, l1): (&[f32], &Layout),
+        (w, l2): (&[f32], &Layout),
+        bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let (x, w) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
         let (n, c, h, wd) = dims4(l1, op, "input")?;
         let (m, wc, kh, kw) = dims4(l2, op, "weight")?;
         if wc != c || kh != self.win.k || kw != self.win.k {
@@ -518,22 +516,23 @@ impl CustomOp2 for WindowProduct {
                 self.win.k
             )
         }
+        if bias.is_some_and(|b| b.len() != m) {
+            candle_core::bail!("{op}: bias needs {m} values")
+        }
         let g = Geom::new(c, h, wd, self.win)?;
         let _t = crate::opprof::timer(|| g.key("product", m));
         let (kdim, p) = (g.rows(), g.cols());
         let mut y = vec![0f32; n * m * p];
         let one = |xi: &[f32], yi: &mut [f32], threaded: bool| {
+            if let Some(b) = bias {
+                for (row, &bv) in yi.chunks_exact_mut(p).zip(b) {
+                    row.fill(bv);
+                }
+            }
+            let acc = bias.is_some();
             if self.win.is_identity() {
-                gemm(
-                    yi,
-                    m,
-                    p,
-                    kdim,
-                    Mat::rows(w, kdim),
-                    Mat::rows(xi, p),
-                    false,
-                    threaded,
-                );
+                let rhs = Mat::rows(xi, p);
+                gemm(yi, m, p, kdim, Mat::rows(w, kdim), rhs, acc, threaded);
             } else {
                 with_scratch(kdim * p, |cols| {
                     {
@@ -541,7 +540,7 @@ impl CustomOp2 for WindowProduct {
                         g.im2col(xi, cols, threaded);
                     }
                     let rhs = Mat::rows(cols, p);
-                    gemm(yi, m, p, kdim, Mat::rows(w, kdim), rhs, false, threaded);
+                    gemm(yi, m, p, kdim, Mat::rows(w, kdim), rhs, acc, threaded);
                 })
             }
         };
@@ -559,15 +558,9 @@ impl CustomOp2 for WindowProduct {
         Ok((CpuStorage::F32(y), Shape::from((n, m, g.oh, g.ow))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// Input and weight gradients.
+    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, _, h, wd) = x.dims4()?;
-        let grad = grad.contiguous()?;
         let scatter = WindowScatter {
             win: self.win,
             out_h: h,
@@ -575,7 +568,106 @@ impl CustomOp2 for WindowProduct {
         };
         let dx = grad.apply_op2_no_bwd(w, &scatter)?;
         let dw = grad.apply_op2_no_bwd(x, &WindowGradient { win: self.win })?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for WindowProduct {
+    fn name(&self) -> &'static str {
+        "fast-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (x, w) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
+        self.forward(op, (x, l1), (w, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.backward(x, w, &grad.contiguous()?)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// [`WindowProduct`] plus a bias per output channel: args `x`, `w`, `b [M]`. Its backward
+/// pass sums the bias gradient in parallel over channels, where a separate broadcast add
+/// would cost a zero-filled gradient, an addition and a single-threaded reduction over the
+/// whole activation.
+#[derive(Debug, Clone, Copy)]
+struct BiasedWindowProduct(WindowProduct);
+
+impl CustomOp3 for BiasedWindowProduct {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (x, w, b) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+        self.0.forward(op, (x, l1), (w, l2), Some(b))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dx, dw) = self.0.backward(x, w, &grad)?;
+        let db = grad.apply_op1_no_bwd(&ChannelSums)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `g [N, M, H, W] → [M]`: the sum of each channel over images and pixels.
+struct ChannelSums;
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "fast-channel-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let g = slice(s, l, op)?;
+        let (n, m, h, w) = dims4(l, op, "gradient")?;
+        let p = h * w;
+        let sums: Vec<f32> = (0..m)
+            .into_par_iter()
+            .map(|c| {
+                let total: f64 = (0..n)
+                    .map(|i| {
+                        let plane = &g[(i * m + c) * p..(i * m + c + 1) * p];
+                        plane.iter().map(|&v| f64::from(v)).sum::<f64>()
+                    })
+                    .sum();
+                total as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(m)))
     }
 }
 
@@ -750,12 +842,17 @@ pub fn conv2d(
         stride,
         pad: padding,
     };
-    let y = x
-        .contiguous()?
-        .apply_op2(&weight.contiguous()?, WindowProduct { win })?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-        None => Ok(y),
+        Some(b) if b.dtype() == DType::F32 && b.rank() == 1 => x.apply_op3(
+            &weight,
+            &b.contiguous()?,
+            BiasedWindowProduct(WindowProduct { win }),
+        ),
+        Some(b) => x
+            .apply_op2(&weight, WindowProduct { win })?
+            .broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => x.apply_op2(&weight, WindowProduct { win }),
     }
 }
 
