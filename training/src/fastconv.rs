@@ -558,15 +558,21 @@ impl WindowProduct {
         Ok((CpuStorage::F32(y), Shape::from((n, m, g.oh, g.ow))))
     }
 
-    /// Input and weight gradients.
-    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Input and weight gradients. The input gradient is skipped (`None`) where the input
+    /// carries no gradient, such as the frozen teacher's features that the student's first
+    /// layers read.
+    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let (_, _, h, wd) = x.dims4()?;
         let scatter = WindowScatter {
             win: self.win,
             out_h: h,
             out_w: wd,
         };
-        let dx = grad.apply_op2_no_bwd(w, &scatter)?;
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &scatter)?)
+        } else {
+            None
+        };
         let dw = grad.apply_op2_no_bwd(x, &WindowGradient { win: self.win })?;
         Ok((dx, dw))
     }
@@ -597,7 +603,7 @@ impl CustomOp2 for WindowProduct {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, w, &grad.contiguous()?)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -638,7 +644,7 @@ impl CustomOp3 for BiasedWindowProduct {
         let grad = grad.contiguous()?;
         let (dx, dw) = self.0.backward(x, w, &grad)?;
         let db = grad.apply_op1_no_bwd(&ChannelSums)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 
@@ -746,9 +752,13 @@ impl CustomOp2 for WindowScatter {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &WindowProduct { win: self.win })?;
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &WindowProduct { win: self.win })?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(&grad, &WindowGradient { win: self.win })?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -1057,6 +1067,22 @@ mod tests {
                 "{m}×{n}×{k}: split transposed product differs"
             );
         }
+    }
+
+    #[test]
+    fn no_input_gradient_for_an_input_without_one() {
+        // A detached input (the teacher's features) gets no gradient; the weight still does.
+        let x = ramp(&[2, 3, 6, 6], 1.0, 10);
+        let w = Var::from_tensor(&ramp(&[4, 3, 3, 3], 1.0, 11)).unwrap();
+        let y = conv2d(&x, w.as_tensor(), None, 1, 1).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_none());
+        assert!(g.get(w.as_tensor()).is_some());
+        let wt = Var::from_tensor(&ramp(&[3, 2, 2, 2], 1.0, 12)).unwrap();
+        let y = conv_transpose2d(&x, wt.as_tensor(), 2, 0).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_none());
+        assert!(g.get(wt.as_tensor()).is_some());
     }
 
     #[test]
