@@ -18,11 +18,19 @@
 //! rows ordered channel, kernel row, kernel column), `col2im` its adjoint (sums the columns
 //! back onto the map). A 1×1 convolution with stride 1 needs neither: `cols(x)` is `x`
 //! itself. The 2×2 stride-2 transposed convolution of the decoder has disjoint windows, so
-//! its `col2im` is a plain scatter.
+//! its `col2im` is a plain scatter. The weight gradient reads `cols(x)ᵀ` written out row by
+//! row (its product runs about 1.2–1.4× faster on that layout than on a transposed view).
+//!
+//! A bias is added inside the forward product (each output row starts from it) and its
+//! gradient is a parallel sum per channel. The input gradient is skipped for inputs that
+//! carry none: the student's first layers read the frozen teacher's detached features.
 //!
 //! The products go through `matrixmultiply`: with a batch of at least as many images as
-//! threads, one image per task on one thread each; otherwise split by columns over the
-//! threads (candle's thread count). Results equal candle's convolutions up to float rounding.
+//! threads, one image per task on one thread each (for these shapes about 1.2–1.5× faster
+//! than one product split over the cores); otherwise split by columns over the threads
+//! (candle's thread count). Either way each output value comes out bit for bit the same, so
+//! an image's features do not depend on its batch. Results equal candle's convolutions up
+//! to float rounding.
 //! [`conv2d_layer`] and [`conv_transpose2d_layer`] take the layers of `candle_nn` (same
 //! parameter tensors, so checkpoints and the exporter see no difference) and fall back to
 //! candle's own forward off the CPU, for non-f32 tensors, dilation or groups, or while
