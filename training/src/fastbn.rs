@@ -72,6 +72,28 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    train_op(x, gamma, beta, eps, false)
+}
+
+/// [`batch_norm_train`] followed by a ReLU, `max(y, 0)`, as one op: the ReLU's mask is
+/// applied inside the backward pass's two passes (the gradient passes where `y ≥ 0` before
+/// the clamp, as candle's ReLU lets it). Same conditions as [`batch_norm_train`].
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    train_op(x, gamma, beta, eps, true)
+}
+
+fn train_op(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     if n * h * w < 2 {
         candle_core::bail!("BatchNorm in train mode needs more than one value per channel")
@@ -79,6 +101,7 @@ pub fn batch_norm_train(
     let stats = Arc::new(OnceLock::new());
     let op = BnTrain {
         eps,
+        relu,
         stats: stats.clone(),
     };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
@@ -191,9 +214,21 @@ struct Stats {
     gamma: Vec<f64>,
     /// Shape of the input.
     planes: Planes,
+    /// Whether a ReLU follows; then `out` holds the forward pass's `(m, a, b)` per channel
+    /// (`y = (x − m)·a + b` before the clamp), from which the backward pass rebuilds the
+    /// ReLU's mask.
+    relu: bool,
+    out: Vec<(f32, f32, f32)>,
 }
 
 impl Stats {
+    /// With a ReLU after the BatchNorm: whether the gradient passes at input value `u` of
+    /// channel `ch` (its output before the clamp, computed as in the forward pass, is ≥ 0).
+    fn mask(&self, ch: usize) -> Option<impl Fn(f32) -> bool> {
+        let &(m, a, b) = self.out.get(ch).filter(|_| self.relu)?;
+        Some(move |u: f32| (u - m) * a + b >= 0.0)
+    }
+
     /// μ rounded to `f32` (what the passes subtract) and the rest `μ − that`, per channel.
     fn shift(&self, ch: usize) -> (f32, f64) {
         let m = self.mean[ch] as f32;
@@ -204,6 +239,7 @@ impl Stats {
 /// The forward op on `(x, γ, β)`; fills `stats`.
 struct BnTrain {
     eps: f64,
+    relu: bool,
     stats: Arc<OnceLock<Stats>>,
 }
 
@@ -256,12 +292,14 @@ impl CustomOp3 for BnTrain {
             .collect();
         let (mean, var): (Vec<f64>, Vec<f64>) = moments.into_iter().unzip();
         let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
-        let stats = Stats {
+        let mut stats = Stats {
             mean,
             var,
             inv_std,
             gamma: gamma.iter().map(|&g| f64::from(g)).collect(),
             planes: pl,
+            relu: self.relu,
+            out: Vec::new(),
         };
 
         // y = (x − m)·a + b per channel, with a = γ·s and b = β − (μ − m)·a.
@@ -279,10 +317,19 @@ impl CustomOp3 for BnTrain {
             .with_min_len(pl.planes_per_task())
             .for_each(|(i, (dst, src))| {
                 let (m, a, b) = coef[i % pl.c];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = (v - m) * a + b;
+                if self.relu {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = ((v - m) * a + b).max(0.0);
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = (v - m) * a + b;
+                    }
                 }
             });
+        if self.relu {
+            stats.out = coef;
+        }
         if self.stats.set(stats).is_err() {
             candle_core::bail!("{op}: op applied twice")
         }
@@ -367,7 +414,13 @@ impl CustomOp2 for BnGradSums {
                 let (m, rest) = st.shift(ch);
                 let (mut sg, mut sgd) = (0f64, 0f64);
                 for (xv, gv) in pl.channel(x, ch).zip(pl.channel(dy, ch)) {
-                    let (p, q) = block_sum2(gv, xv, |g, u| (g, g * (u - m)));
+                    let (p, q) = match st.mask(ch) {
+                        None => block_sum2(gv, xv, |g, u| (g, g * (u - m))),
+                        Some(keep) => block_sum2(gv, xv, |g, u| {
+                            let g = if keep(u) { g } else { 0.0 };
+                            (g, g * (u - m))
+                        }),
+                    };
                     sg += p;
                     sgd += q;
                 }
@@ -430,8 +483,18 @@ impl CustomOp3 for BnGradInput {
             .with_min_len(pl.planes_per_task())
             .for_each(|(i, (dst, (xs, gs)))| {
                 let (m, a, b, c) = coef[i % pl.c];
-                for ((d, &u), &g) in dst.iter_mut().zip(xs).zip(gs) {
-                    *d = a * g + b * (u - m) + c;
+                match st.mask(i % pl.c) {
+                    None => {
+                        for ((d, &u), &g) in dst.iter_mut().zip(xs).zip(gs) {
+                            *d = a * g + b * (u - m) + c;
+                        }
+                    }
+                    Some(keep) => {
+                        for ((d, &u), &g) in dst.iter_mut().zip(xs).zip(gs) {
+                            let g = if keep(u) { g } else { 0.0 };
+                            *d = a * g + b * (u - m) + c;
+                        }
+                    }
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -441,7 +504,7 @@ impl CustomOp3 for BnGradInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::student::{batch_norm, batch_norm_t};
+    use crate::student::{batch_norm, batch_norm_relu_t, batch_norm_t};
     use candle_core::{Device, Var};
     use candle_nn::{BatchNorm, VarBuilder};
 
@@ -493,8 +556,9 @@ mod tests {
     }
 
     /// Output, dx, dγ, dβ, running mean and running variance of one train-mode step of
-    /// `batch_norm_t` on a fresh layer, with the fused path on or off.
-    fn step(x: &Tensor, up: &Tensor, fast: bool) -> [Tensor; 6] {
+    /// `batch_norm_t` (or `batch_norm_relu_t`) on a fresh layer, with the fused path on or
+    /// off (off: candle's operations, and candle's ReLU).
+    fn step(x: &Tensor, up: &Tensor, fast: bool, relu: bool) -> [Tensor; 6] {
         let bn = layer(x.dim(1).unwrap());
         let x = Var::from_tensor(x).unwrap();
         set_fast_batch_norm(fast);
@@ -504,7 +568,13 @@ mod tests {
             fast,
             "fast path taken"
         );
-        let y = batch_norm_t(&bn, x.as_tensor(), true).unwrap();
+        crate::fastops::set_fast_elementwise(fast);
+        let y = if relu {
+            batch_norm_relu_t(&bn, x.as_tensor(), true).unwrap()
+        } else {
+            batch_norm_t(&bn, x.as_tensor(), true).unwrap()
+        };
+        crate::fastops::set_fast_elementwise(true);
         set_fast_batch_norm(true);
         let g = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
         [
@@ -520,13 +590,18 @@ mod tests {
     fn check(shape: [usize; 4], offset: f32, scale: f32) {
         let x = values(&shape, offset, scale, 1);
         let up = values(&shape, 0.0, 2.0, 2);
-        let fast = step(&x, &up, true);
-        let slow = step(&x, &up, false);
-        let names = ["y", "dx", "dγ", "dβ", "running mean", "running var"];
-        let tol = [1e-5, 1e-4, 1e-4, 1e-4, 1e-5, 1e-5];
-        for ((name, tol), (f, s)) in names.iter().zip(tol).zip(fast.iter().zip(&slow)) {
-            let d = max_rel_diff(f, s);
-            assert!(d < tol, "{shape:?} offset {offset}: {name} differs by {d}");
+        for relu in [false, true] {
+            let fast = step(&x, &up, true, relu);
+            let slow = step(&x, &up, false, relu);
+            let names = ["y", "dx", "dγ", "dβ", "running mean", "running var"];
+            let tol = [1e-5, 1e-4, 1e-4, 1e-4, 1e-5, 1e-5];
+            for ((name, tol), (f, s)) in names.iter().zip(tol).zip(fast.iter().zip(&slow)) {
+                let d = max_rel_diff(f, s);
+                assert!(
+                    d < tol,
+                    "{shape:?} offset {offset} relu {relu}: {name} differs by {d}"
+                );
+            }
         }
     }
 

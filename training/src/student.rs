@@ -172,6 +172,16 @@ pub(crate) fn batch_norm(vb: VarBuilder, c: usize) -> Result<BatchNorm> {
 /// Written out rather than calling `candle_nn::BatchNorm::forward_t` to avoid its transposed
 /// copies of the activation (this runs after every convolution in the training loop).
 pub(crate) fn batch_norm_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    bn_maybe_relu(bn, x, train, false)
+}
+
+/// [`batch_norm_t`] then ReLU; in train mode on the CPU one fused op
+/// ([`crate::fastbn::batch_norm_relu_train`]).
+pub(crate) fn batch_norm_relu_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    bn_maybe_relu(bn, x, train, true)
+}
+
+fn bn_maybe_relu(bn: &BatchNorm, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (gamma, beta) = bn
         .weight_and_bias()
@@ -183,8 +193,10 @@ pub(crate) fn batch_norm_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Te
         }
         // The fused op of crate::fastbn where it applies (contiguous f32 on the CPU), else
         // the same computation composed of candle operations.
-        let (y, batch_mean, batch_var) = if crate::fastbn::batch_norm_train_applies(x, gamma, beta)
-        {
+        let fused = crate::fastbn::batch_norm_train_applies(x, gamma, beta);
+        let (y, batch_mean, batch_var) = if fused && relu {
+            crate::fastbn::batch_norm_relu_train(x, gamma, beta, bn.eps())?
+        } else if fused {
             crate::fastbn::batch_norm_train(x, gamma, beta, bn.eps())?
         } else {
             let inv = 1.0 / count as f64;
@@ -201,6 +213,7 @@ pub(crate) fn batch_norm_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Te
                 .broadcast_mul(&scale)?
                 .broadcast_add(&beta.reshape((1, c, 1))?)?
                 .reshape((n, c, h, w))?;
+            let y = if relu { fastops::relu(&y)? } else { y };
             (y, batch_mean, batch_var)
         };
 
@@ -215,8 +228,14 @@ pub(crate) fn batch_norm_t(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Te
         let std = (bn.running_var().detach() + bn.eps())?.sqrt()?;
         let scale = gamma.div(&std)?;
         let shift = beta.sub(&bn.running_mean().detach().mul(&scale)?)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+        let y = x
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
+        if relu {
+            fastops::relu(&y)
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -461,7 +480,7 @@ impl DecoderBlock {
             FirstConv::Up(ct) => conv_transpose2x2_forward(ct, x)?,
             FirstConv::Same(c) => conv_forward(c, x)?,
         };
-        let y = fastops::relu(&batch_norm_t(&self.bn1, &y, train)?)?;
+        let y = batch_norm_relu_t(&self.bn1, &y, train)?;
         let y = batch_norm_t(&self.bn2, &conv_forward(&self.conv2, &y)?, train)?;
         let sc = match &self.shortcut {
             None => x.clone(),
