@@ -82,13 +82,20 @@ fn grads(fast: bool, variant: Variant, t: &[Tensor]) -> (f32, Vec<(String, Tenso
 
 #[test]
 fn student_gradients_match_the_straightforward_path() {
-    let t = features(2, 1);
-    for variant in [Variant::Residual, Variant::Dg] {
+    // Batch 2 runs one image per task on a two-core machine; batch 1 splits each product
+    // over the threads, batch 3 mixes both.
+    for (variant, n) in [
+        (Variant::Residual, 2),
+        (Variant::Dg, 2),
+        (Variant::Residual, 1),
+        (Variant::Residual, 3),
+    ] {
+        let t = features(n, 1);
         let (loss_ref, reference) = grads(false, variant, &t);
         let (loss_fast, fast) = grads(true, variant, &t);
         assert!(
             (loss_ref - loss_fast).abs() <= 1e-5 * loss_ref.abs(),
-            "{variant}: loss {loss_ref} vs {loss_fast}"
+            "{variant}, batch {n}: loss {loss_ref} vs {loss_fast}"
         );
         assert_eq!(reference.len(), fast.len());
         let mut convs = 0;
@@ -98,7 +105,7 @@ fn student_gradients_match_the_straightforward_path() {
             let d = max_abs_diff(a, b);
             assert!(
                 d <= 1e-4 * scale + 1e-7,
-                "{variant}: gradient of {name} differs by {d} (largest value {scale})"
+                "{variant}, batch {n}: gradient of {name} differs by {d} (largest value {scale})"
             );
             if name.contains("conv") && name.ends_with("weight") {
                 assert!(scale > 0.0, "{variant}: {name} has a zero gradient");
