@@ -21,7 +21,6 @@
 //! tensors on the CPU, while [`set_fast_batch_norm`] has not turned it off on the calling
 //! thread. `crate::student::batch_norm_t` falls back to the composed version otherwise.
 
-use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -29,20 +28,16 @@ use rayon::prelude::*;
 
 use crate::fastconv::slice as f32s;
 
-thread_local! {
-    static FAST: Cell<bool> = const { Cell::new(true) };
-}
-
 /// Turns the fused train-mode BatchNorm on or off for layers run from the calling thread (on
 /// by default). Off, the student runs the BatchNorm composed of candle operations: the path
 /// that tests compare against.
 pub fn set_fast_batch_norm(enabled: bool) {
-    FAST.with(|f| f.set(enabled));
+    crate::fastpath::set(crate::fastpath::FastPath::BatchNorm, enabled);
 }
 
 /// Whether layers run from the calling thread use the fused train-mode BatchNorm.
 pub fn fast_batch_norm_enabled() -> bool {
-    FAST.with(Cell::get)
+    crate::fastpath::enabled(crate::fastpath::FastPath::BatchNorm)
 }
 
 /// Whether [`batch_norm_train`] runs for these tensors: `x` a contiguous `f32` NCHW tensor on

@@ -44,20 +44,16 @@ use candle_core::{
 use candle_nn::{Conv2d, ConvTranspose2d};
 use rayon::prelude::*;
 
-thread_local! {
-    static FAST: Cell<bool> = const { Cell::new(true) };
-}
-
 /// Turns the fast convolutions on or off for layers run from the calling thread (on by
 /// default). Off, the student runs candle's own convolutions: the straightforward path that
 /// tests compare against.
 pub fn set_fast_convs(enabled: bool) {
-    FAST.with(|f| f.set(enabled));
+    crate::fastpath::set(crate::fastpath::FastPath::Convs, enabled);
 }
 
 /// Whether layers run from the calling thread use the fast convolutions.
 pub fn fast_convs_enabled() -> bool {
-    FAST.with(Cell::get)
+    crate::fastpath::enabled(crate::fastpath::FastPath::Convs)
 }
 
 /// Square window of a convolution: kernel side, stride, zero padding on every side.

@@ -29,7 +29,6 @@
 //! the straightforward one. [`set_fast_elementwise`] turns these off on the calling thread;
 //! off the CPU, for other dtypes or non-contiguous inputs the composed candle operations run.
 
-use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
@@ -38,19 +37,15 @@ use rayon::prelude::*;
 
 use crate::fastconv::{slice as f32s, SyncPtr};
 
-thread_local! {
-    static FAST: Cell<bool> = const { Cell::new(true) };
-}
-
 /// Turns the fused ReLU operations on or off for layers run from the calling thread (on by
 /// default). Off, candle's composed operations run: the path tests compare against.
 pub fn set_fast_elementwise(enabled: bool) {
-    FAST.with(|f| f.set(enabled));
+    crate::fastpath::set(crate::fastpath::FastPath::Elementwise, enabled);
 }
 
 /// Whether layers run from the calling thread use the fused ReLU operations.
 pub fn fast_elementwise_enabled() -> bool {
-    FAST.with(Cell::get)
+    crate::fastpath::enabled(crate::fastpath::FastPath::Elementwise)
 }
 
 /// Values per rayon task.
@@ -113,6 +108,45 @@ pub fn attend(z: &Tensor, a: &Tensor) -> Result<Tensor> {
     z.contiguous()?.apply_op2(&a.contiguous()?, op)
 }
 
+/// `f` applied to every value of one contiguous `f32` tensor, in parallel over blocks.
+fn map1(
+    op: &str,
+    (s, l): (&CpuStorage, &Layout),
+    f: impl Fn(f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let x = f32s(s, l, op)?;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(d, xs)| {
+            for (o, &v) in d.iter_mut().zip(xs) {
+                *o = f(v);
+            }
+        });
+    Ok((CpuStorage::F32(y), l.shape().clone()))
+}
+
+/// `f` applied to every pair of values of two contiguous `f32` tensors of one size, in
+/// parallel over blocks; the result has the first one's shape.
+fn map2(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (a, b) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
+    same_len(op, a, b)?;
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(d, (xa, xb))| {
+            for ((o, &u), &v) in d.iter_mut().zip(xa).zip(xb) {
+                *o = f(u, v);
+            }
+        });
+    Ok((CpuStorage::F32(y), l1.shape().clone()))
+}
+
 fn same_len(op: &str, a: &[f32], b: &[f32]) -> Result<()> {
     if a.len() != b.len() {
         candle_core::bail!("{op}: arguments of {} and {} values", a.len(), b.len())
@@ -128,16 +162,7 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(d, s)| {
-                for (o, &v) in d.iter_mut().zip(s) {
-                    *o = v.max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        map1(self.name(), (s, l), |v| v.max(0.0))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -160,18 +185,13 @@ impl CustomOp2 for ReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let (x, g) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
-        same_len(op, x, g)?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (xs, gs))| {
-                for ((o, &v), &gv) in d.iter_mut().zip(xs).zip(gs) {
-                    *o = if v >= 0.0 { gv } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        map2(self.name(), (s1, l1), (s2, l2), |x, g| {
+            if x >= 0.0 {
+                g
+            } else {
+                0.0
+            }
+        })
     }
 }
 
@@ -189,18 +209,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let (a, b) = (f32s(s1, l1, op)?, f32s(s2, l2, op)?);
-        same_len(op, a, b)?;
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(d, (xa, xb))| {
-                for ((o, &u), &v) in d.iter_mut().zip(xa).zip(xb) {
-                    *o = (u + v).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        map2(self.name(), (s1, l1), (s2, l2), |a, b| (a + b).max(0.0))
     }
 
     fn bwd(

@@ -17,6 +17,7 @@ pub mod export;
 pub mod fastbn;
 pub mod fastconv;
 pub mod fastops;
+pub mod fastpath;
 pub mod featcache;
 pub mod loss;
 pub mod model;
@@ -34,7 +35,5 @@ pub mod weights;
 /// operations of [`fastops`]. Off, the student runs on candle's own operations only: the
 /// straightforward path that tests compare against.
 pub fn set_fast_paths(enabled: bool) {
-    fastconv::set_fast_convs(enabled);
-    fastbn::set_fast_batch_norm(enabled);
-    fastops::set_fast_elementwise(enabled);
+    fastpath::set_all(enabled);
 }
