@@ -43,12 +43,14 @@ pub struct BenchSpec {
 pub struct ProfileRow {
     /// Phase of the step: teacher, student, backward or optimizer.
     pub phase: String,
-    /// Pass and geometry, e.g. `product k3s1 64x64x64 / 64` (input channels × height ×
-    /// width / channels on the other side).
+    /// Pass and geometry, e.g. `product k3s1 64x64x64 / 64` (kernel and stride, input
+    /// channels × height × width / channels on the other side). A pass timed inside another
+    /// is named after it: `weight-grad k3s1 64x64x64 / 64 · im2col`.
     pub op: String,
     /// Passes of this kind in the step.
     pub calls: u64,
-    /// Milliseconds per image.
+    /// Milliseconds per image of the step (for a nested pass: summed over the threads that
+    /// ran it, which may exceed its outer pass's wall time).
     pub ms: f64,
     /// Whether the pass runs inside another row's (im2col, col2im), so it is not added to
     /// the phase's total again.
@@ -85,6 +87,8 @@ pub struct BenchReport {
     pub teacher_weights: String,
     /// Tiles per step.
     pub batch: usize,
+    /// Tile side.
+    pub size: usize,
     /// Compute threads candle used.
     pub threads: usize,
     /// Every timed run.
@@ -103,6 +107,38 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Memory the system can still give out without swapping (`MemAvailable` in
+/// `/proc/meminfo`), in bytes; `None` off Linux.
+pub fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A generous estimate of a training step's memory per input value (ResNet34 at batch 4
+/// peaks at about 110 MB per 256×256 tile, 140× its input's bytes; Lite0 far less).
+const STEP_BYTES_PER_INPUT_VALUE: u64 = 4 * 150;
+
+/// Refuses a bench whose step would plainly not fit in the memory available, with an error
+/// that says how much it needs, instead of aborting on a failed allocation.
+pub fn check_memory(batch: usize, size: usize) -> Result<(), TrainError> {
+    let values = (batch as u64).saturating_mul(3 * (size * size) as u64);
+    let need = values.saturating_mul(STEP_BYTES_PER_INPUT_VALUE);
+    match available_memory_bytes() {
+        Some(avail) if need > avail => {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            Err(TrainError::Model(format!(
+                "batch {batch} of {size}×{size} tiles needs roughly {:.1} GiB for a training \
+                 step, {:.1} GiB is available: use a smaller --batch",
+                gib(need),
+                gib(avail)
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -124,6 +160,7 @@ fn ms(t: Instant) -> f64 {
 
 /// Times training steps as `spec` says.
 pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
+    check_memory(spec.batch, spec.size)?;
     let device = Device::Cpu;
     let mut cfg = TrainConfig::with_roots(vec![]);
     cfg.backbone = spec.backbone;
@@ -199,7 +236,7 @@ pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
             .into_iter()
             .map(|(phase, op, e)| ProfileRow {
                 phase: phase.to_string(),
-                nested: op.starts_with("im2col") || op.starts_with("col2im"),
+                nested: op.contains(" · "),
                 op,
                 calls: e.calls,
                 ms: e.secs * 1e3 / b,
@@ -224,6 +261,7 @@ pub fn run_bench(spec: &BenchSpec) -> Result<BenchReport, TrainError> {
         variant: spec.variant,
         teacher_weights: model.teacher.weights_id(),
         batch: spec.batch,
+        size: spec.size,
         threads: candle_core::utils::get_num_threads(),
         runs,
         median,
@@ -236,14 +274,20 @@ impl BenchReport {
     /// A small table for the terminal.
     pub fn table(&self) -> String {
         let m = &self.median;
+        // A weight file's SHA-256 shortened to 12 digits, as `git` shortens commits.
+        let weights = match self.teacher_weights.get(..12) {
+            Some(short) if self.teacher_weights.len() > 12 => format!("{short}…"),
+            _ => self.teacher_weights.clone(),
+        };
         let mut s = format!(
-            "training step, {} ({} teacher), {}, batch {}, 256×256, {} threads, median of {} runs\n",
+            "training step, {} ({} teacher), {}, batch {}, {side}×{side}, {} threads, median of {} runs\n",
             self.backbone,
-            self.teacher_weights,
+            weights,
             self.variant,
             self.batch,
             self.threads,
-            self.runs.len()
+            self.runs.len(),
+            side = self.size,
         );
         s.push_str("part                    ms/image\n");
         for (name, v) in [
@@ -272,32 +316,39 @@ impl BenchReport {
     /// outside the timed passes (candle's own operations).
     fn profile_table(&self, last: &PartTimes) -> String {
         let mut s = String::from(
-            "\nprofile of the last run, ms/image (· = inside the row above it in time)\n",
+            "\nprofile of the last run, ms/image; · rows run inside the row above them (their \
+             time summed over threads)\n",
         );
+        s.push_str(&format!(
+            "{:<46}{:>5}{:>8}\n",
+            "phase / pass", "calls", "ms"
+        ));
         for (phase, total) in [
             ("teacher", last.teacher_ms),
             ("student", last.student_loss_ms),
             ("backward", last.backward_ms),
             ("optimizer", last.optimizer_ms),
         ] {
-            let mut rows: Vec<&ProfileRow> =
-                self.profile.iter().filter(|r| r.phase == phase).collect();
-            rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-            s.push_str(&format!("{phase:<44}{total:>8.1}\n"));
+            let in_phase = || self.profile.iter().filter(move |r| r.phase == phase);
+            let mut outer: Vec<&ProfileRow> = in_phase().filter(|r| !r.nested).collect();
+            outer.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+            s.push_str(&format!("{phase:<51}{total:>8.1}\n"));
             let mut timed = 0.0;
-            for r in &rows {
-                if !r.nested {
-                    timed += r.ms;
+            for r in &outer {
+                timed += r.ms;
+                s.push_str(&format!("  {:<44}{:>5}{:>8.1}\n", r.op, r.calls, r.ms));
+                let prefix = format!("{} · ", r.op);
+                for inner in in_phase().filter(|i| i.op.starts_with(&prefix)) {
+                    let name = format!("· {}", &inner.op[prefix.len()..]);
+                    s.push_str(&format!(
+                        "    {name:<42}{:>5}{:>8.1}\n",
+                        inner.calls, inner.ms
+                    ));
                 }
-                let mark = if r.nested { "·" } else { " " };
-                s.push_str(&format!(
-                    "  {mark}{:<36}{:>5}{:>8.1}\n",
-                    r.op, r.calls, r.ms
-                ));
             }
-            if !rows.is_empty() {
+            if !outer.is_empty() {
                 s.push_str(&format!(
-                    "   {:<41}{:>8.1}\n",
+                    "  {:<49}{:>8.1}\n",
                     "other operations",
                     total - timed
                 ));
@@ -315,6 +366,15 @@ mod tests {
     fn median_of_odd_and_even() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn an_impossible_batch_is_refused_with_its_need() {
+        if available_memory_bytes().is_some() {
+            let e = check_memory(100_000, 256).unwrap_err().to_string();
+            assert!(e.contains("batch 100000") && e.contains("GiB"), "{e}");
+        }
+        assert!(check_memory(4, 256).is_ok());
     }
 
     #[test]

@@ -315,7 +315,15 @@ impl RunDir {
 
     /// Reads `best.safetensors`.
     pub fn read_best(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        read_tensors(&self.path(files::BEST), device)
+        let path = self.path(files::BEST);
+        if !path.exists() {
+            return Err(file_err(
+                &path,
+                "missing: the run has no finished epoch (it stopped before the end of its \
+                 first); train it again",
+            ));
+        }
+        read_tensors(&path, device)
     }
 
     /// Writes `last.safetensors` (student variables and Adam moments).

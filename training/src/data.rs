@@ -279,6 +279,30 @@ pub struct ImageTiles {
     pub complete: bool,
 }
 
+/// `k` (< rows·cols) distinct indices into a row-major `rows × cols` grid, spread over both
+/// axes, in ascending order: pick `i` lies in row ⌊(i + ½)·rows / k⌋ at the column fraction
+/// `{½ + i/φ}` (φ the golden ratio, a Fibonacci lattice); a pick that falls on a taken cell
+/// moves to the next free one. Every row gets its share, and the columns of successive picks
+/// jump across the width, so that neither the first column (on AITEX the flat lead-in) nor a
+/// single column is all that is kept.
+pub fn spread_over_grid(rows: usize, cols: usize, k: usize) -> Vec<usize> {
+    let all = rows * cols;
+    let k = k.min(all);
+    let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
+    let mut taken = vec![false; all];
+    for i in 0..k {
+        let row = (((i as f64 + 0.5) * rows as f64 / k as f64) as usize).min(rows - 1);
+        let frac = (0.5 + i as f64 * inv_phi).fract();
+        let col = ((frac * cols as f64) as usize).min(cols - 1);
+        let mut at = row * cols + col;
+        while taken[at] {
+            at = (at + 1) % all;
+        }
+        taken[at] = true;
+    }
+    (0..all).filter(|&i| taken[i]).collect()
+}
+
 /// Reads one image and cuts (or resizes) it into normalised tiles.
 pub fn image_tiles(path: &Path, spec: &TileSpec) -> fabric_inspect::Result<ImageTiles> {
     let img = load_rgb(path, DEFAULT_MAX_PIXELS)?;
@@ -306,7 +330,8 @@ pub fn image_tiles(path: &Path, spec: &TileSpec) -> fabric_inspect::Result<Image
             }
             let all = corners.len();
             if let Some(k) = spec.max_tiles.filter(|&k| k < all) {
-                corners = (0..k).map(|i| corners[i * all / k]).collect();
+                let picked = spread_over_grid(grid.ys.len(), grid.xs.len(), k);
+                corners = picked.into_iter().map(|i| corners[i]).collect();
             }
             let complete = corners.len() == all;
             let tiles = corners
@@ -487,6 +512,28 @@ pub fn blur_chw(data: &mut [f32], channels: usize, w: usize, h: usize, kernel: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn picked_tiles_spread_over_rows_and_columns() {
+        // An AITEX strip in 64-pixel tiles: 4 rows of 64.
+        for k in [1, 2, 3, 8, 16, 100, 255] {
+            let picked = spread_over_grid(4, 64, k);
+            assert_eq!(picked.len(), k);
+            assert!(
+                picked.windows(2).all(|w| w[0] < w[1]),
+                "k {k}: not ascending"
+            );
+            assert!(picked.iter().all(|&i| i < 256));
+            let cols: std::collections::BTreeSet<usize> = picked.iter().map(|i| i % 64).collect();
+            let rows: std::collections::BTreeSet<usize> = picked.iter().map(|i| i / 64).collect();
+            assert!(cols.len() >= k.min(64) / 2, "k {k}: columns {cols:?}");
+            assert_eq!(rows.len(), k.min(4), "k {k}: rows {rows:?}");
+        }
+        // Every (all/k)-th tile would be column 0 only: the flat lead-in of a strip.
+        assert_eq!(spread_over_grid(4, 64, 2), vec![64 + 32, 3 * 64 + 7]);
+        assert_eq!(spread_over_grid(1, 1, 1), vec![0]);
+        assert_eq!(spread_over_grid(2, 3, 6), (0..6).collect::<Vec<_>>());
+    }
 
     #[test]
     fn rng_is_reproducible_and_normal_is_sane() {

@@ -125,11 +125,17 @@ impl Geom {
         (i >= 0 && (i as usize) < n).then_some(i as usize)
     }
 
-    /// Profiler key of a pass over this geometry with `m` channels on the other side.
+    /// Profiler key of a pass over this geometry with `m` channels on the other side. A
+    /// pass timed inside another is named `"outer · inner"`; its key is the outer pass's key
+    /// followed by `" · inner"`.
     fn key(&self, pass: &str, m: usize) -> String {
         let w = self.win;
+        let (outer, inner) = match pass.split_once(" · ") {
+            Some((o, i)) => (o, format!(" · {i}")),
+            None => (pass, String::new()),
+        };
         format!(
-            "{pass} k{}s{} {}x{}x{} / {m}",
+            "{outer} k{}s{} {}x{}x{} / {m}{inner}",
             w.k, w.stride, self.c, self.h, self.w
         )
     }
@@ -540,7 +546,7 @@ impl WindowProduct {
             } else {
                 with_scratch(kdim * p, |cols| {
                     {
-                        let _t = crate::opprof::timer(|| g.key("im2col", m));
+                        let _t = crate::opprof::timer(|| g.key("product · im2col", m));
                         g.im2col(xi, cols, threaded);
                     }
                     let rhs = Mat::rows(cols, p);
@@ -727,7 +733,7 @@ impl CustomOp2 for WindowScatter {
             } else {
                 with_scratch(kdim * p, |cols| {
                     gemm(cols, kdim, p, c, lhs, Mat::rows(xi, p), false, threaded);
-                    let _t = crate::opprof::timer(|| g.key("col2im", c));
+                    let _t = crate::opprof::timer(|| g.key("scatter · col2im", c));
                     g.col2im(cols, yi, threaded);
                 })
             }
@@ -796,7 +802,7 @@ impl CustomOp2 for WindowGradient {
         let one = |dw: &mut [f32], ai: &[f32], bi: &[f32], threaded: bool| {
             with_scratch(kdim * p, |ct| {
                 {
-                    let _t = crate::opprof::timer(|| g.key("im2col", m));
+                    let _t = crate::opprof::timer(|| g.key("weight-grad · im2col", m));
                     g.im2col_t(bi, ct, threaded);
                 }
                 let rhs = Mat::rows(ct, kdim);

@@ -466,6 +466,16 @@ fn flat4(t: &Tensor) -> Result<(Vec<f32>, [usize; 4])> {
 /// times the work itself (a Lite0 training step at 2 threads, load average about 7:
 /// 840 ms per image with that pool, 245 ms without).
 pub fn set_threads(n: usize) {
+    if let Ok(cores) = std::thread::available_parallelism() {
+        if n > cores.get() {
+            tracing::warn!(
+                threads = n,
+                cores = cores.get(),
+                "more compute threads than cores: above the core count training gets slower, \
+                 not faster (far above it, many times slower)"
+            );
+        }
+    }
     // candle reads these variables when it first sizes its pools; rayon's global pool
     // is built here so that the setting also holds where `RAYON_NUM_THREADS` was read earlier.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());

@@ -53,10 +53,21 @@ fn profile_rows_cover_the_phases_and_stay_inside_them() {
             "backward: no {pass} pass"
         );
     }
+    // Every nested pass is named after an outer pass of its phase.
+    for inner in r.profile.iter().filter(|p| p.nested) {
+        let (outer, _) = inner.op.split_once(" · ").unwrap();
+        assert!(
+            r.profile
+                .iter()
+                .any(|p| !p.nested && p.phase == inner.phase && p.op == outer),
+            "{}: no outer pass {outer}",
+            inner.op
+        );
+    }
     assert!(r
         .profile
         .iter()
-        .any(|p| p.nested && p.op.starts_with("im2col")));
+        .any(|p| p.nested && p.op.ends_with("· im2col")));
     let table = r.table();
     assert!(table.contains("profile of the last run"), "{table}");
     assert!(table.contains("other operations"), "{table}");
