@@ -98,7 +98,8 @@ pub struct TrainConfig {
     /// the teacher every epoch. 0 turns the cache off. Default 2048.
     #[serde(default = "default_feature_cache_mb")]
     pub feature_cache_mb: usize,
-    /// Keep at most this many tiles per source image (evenly spaced); for quick runs.
+    /// Keep at most this many tiles per source image (spread over its rows and columns);
+    /// for quick runs.
     #[serde(default)]
     pub max_tiles_per_image: Option<usize>,
     /// Use at most this many source images per root (first by name); for quick runs.

@@ -262,7 +262,8 @@ pub struct TileSpec {
     pub size: u32,
     /// Teacher normalisation.
     pub norm: Normalization,
-    /// Keep at most this many tiles per image (evenly spaced).
+    /// Keep at most this many tiles per image (spread over rows and columns, see
+    /// [`spread_over_grid`]).
     pub max_tiles: Option<usize>,
 }
 
