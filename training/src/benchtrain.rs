@@ -6,8 +6,10 @@
 //! over the runs divided by the batch size (ms per image), as the reference figures in the
 //! issue are given. The parts' medians need not add up to the median total. Peak memory is
 //! the process's resident high-water mark (`VmHWM` in `/proc/self/status`, Linux only).
-//! The slowdown it is meant to catch: a regression in candle's convolution backward or in
-//! the optimiser, which dominate a step on a CPU.
+//! The slowdown it is meant to catch: a regression in the convolutions' backward passes or
+//! in the optimiser, which dominate a step on a CPU. With `profile`, the last step also
+//! times every convolution and BatchNorm pass ([`crate::opprof`]), so that a regression can
+//! be traced to a layer.
 
 use crate::config::TrainConfig;
 use crate::data::Rng;
