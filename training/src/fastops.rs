@@ -27,23 +27,25 @@
 //! path runs only where `t` is detached). The mask is candle's (`x ≥ 0`, so that the
 //! gradient at exactly zero passes as it does there), which keeps the fast path equal to
 //! the straightforward one. [`set_fast_elementwise`] turns these off on the calling thread;
-//! off the CPU, for other dtypes or non-contiguous inputs the composed candle operations run.
+//! off the CPU or for other dtypes the composed candle operations run (non-contiguous
+//! inputs are copied first).
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::Tensor;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use crate::fastconv::{slice as f32s, SyncPtr};
 
-/// Turns the fused ReLU operations on or off for layers run from the calling thread (on by
-/// default). Off, candle's composed operations run: the path tests compare against.
+/// Turns the fused element-wise operations on or off for layers run from the calling thread
+/// (on by default). Off, candle's composed operations run: the path tests compare against.
 pub fn set_fast_elementwise(enabled: bool) {
     crate::fastpath::set(crate::fastpath::FastPath::Elementwise, enabled);
 }
 
-/// Whether layers run from the calling thread use the fused ReLU operations.
+/// Whether layers run from the calling thread use the fused element-wise operations.
 pub fn fast_elementwise_enabled() -> bool {
     crate::fastpath::enabled(crate::fastpath::FastPath::Elementwise)
 }
