@@ -655,8 +655,13 @@ pub fn render_table(r: &BenchReport) -> String {
         let s = &f.stages_ms;
         let _ = writeln!(
             o,
-            "\nframe {}×{} ({}), {} tiles in batches of {}",
-            f.width, f.height, f.source, f.tiles, f.batch
+            "\nframe {}×{} ({}), {} tile{} in batches of {}",
+            f.width,
+            f.height,
+            f.source,
+            f.tiles,
+            if f.tiles == 1 { "" } else { "s" },
+            f.batch
         );
         let _ = writeln!(o, "{:<15}  {:<30}  {:>6}", "stage", "ms", "share");
         let rows = [

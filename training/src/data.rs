@@ -417,13 +417,15 @@ pub fn load(cfg: &TrainConfig) -> Result<TrainData, DataError> {
     let blur = cfg.blur.enabled.then_some(&cfg.blur);
     let train = load_tiles(&split.train, &spec, blur);
     let val = load_tiles(&split.val, &spec, blur);
-    // Scoring sees every tile of an image without blur, as inspection does.
+    // Scoring sees every tile of an image without blur, as inspection does. Only the images
+    // that loaded above are read again (an unreadable one was reported once already).
     let val_clean = (blur.is_some() || spec.max_tiles.is_some()).then(|| {
         let all_tiles = TileSpec {
             max_tiles: None,
             ..spec
         };
-        load_tiles(&split.val, &all_tiles, None)
+        let readable: Vec<PathBuf> = val.sources.iter().map(|s| s.path.clone()).collect();
+        load_tiles(&readable, &all_tiles, None)
     });
     let first_root = cfg.roots.first().cloned().unwrap_or_default();
     if train.is_empty() || val.is_empty() {
