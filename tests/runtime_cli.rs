@@ -129,7 +129,10 @@ fn bad_inputs_are_reported_and_the_rest_inspected() {
         ),
         (Some(260), Some(90), Some(2))
     );
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+    // The heatmaps keep the subfolders the images have below the input folder.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+    assert!(out.join("sub/rgba_heatmap.png").is_file());
+    assert!(out.join("sub/deep_heatmap.png").is_file());
     let heat = image::open(out.join("grey_heatmap.png")).unwrap();
     assert_eq!((heat.width(), heat.height()), (260, 90));
 }
@@ -425,4 +428,60 @@ fn calibrate_learns_position_statistics_and_inspect_applies_them() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least 4"));
     assert_eq!(std::fs::read(model.join("model.yaml")).unwrap(), before);
+}
+
+#[test]
+fn heatmaps_keep_the_defect_folder() {
+    if !ort_available("heatmaps_keep_the_defect_folder") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = copy_model(tmp.path());
+    let test = tmp.path().join("test");
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    for dir in [
+        test.join("hole"),
+        test.join("stain"),
+        one.clone(),
+        two.clone(),
+    ] {
+        std::fs::create_dir_all(&dir).unwrap();
+        image::GrayImage::from_pixel(64, 64, image::Luma([120]))
+            .save(dir.join("000.png"))
+            .unwrap();
+    }
+    let out = tmp.path().join("heat");
+    let o = bin(&[
+        "inspect",
+        "--model",
+        s(&model),
+        s(&test),
+        s(&one.join("000.png")),
+        s(&two.join("000.png")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut names: Vec<String> = json_lines(&o.stdout)
+        .iter()
+        .map(|l| {
+            let h = Path::new(l["heatmap"].as_str().unwrap());
+            assert!(h.is_file(), "{} missing", h.display());
+            h.strip_prefix(&out).unwrap().display().to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "000-2_heatmap.png",
+            "000_heatmap.png",
+            "hole/000_heatmap.png",
+            "stain/000_heatmap.png"
+        ]
+    );
 }

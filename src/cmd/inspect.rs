@@ -67,7 +67,11 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         );
-        match inspect_one(&inspector, path, args.out.as_deref(), &mut used_names) {
+        let out = args
+            .out
+            .as_deref()
+            .map(|o| o.join(heatmap_name(path, &args.inputs, &mut used_names)));
+        match inspect_one(&inspector, path, out.as_deref()) {
             Ok(report) => {
                 if report.verdict == fabric_inspect::inspector::Verdict::Defect {
                     defects += 1;
@@ -117,36 +121,49 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Inspects one image; writes its heatmap overlay to `heatmap` when given.
 fn inspect_one(
     inspector: &Inspector,
     path: &Path,
-    out: Option<&Path>,
-    used_names: &mut HashSet<String>,
+    heatmap: Option<&Path>,
 ) -> fabric_inspect::Result<ImageReport> {
     let start = Instant::now();
     let img = load_rgb(path, inspector.options().max_pixels)?;
     let inspection = inspector.inspect_image(&img)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let mut report = ImageReport::new(path, &inspection, ms);
-    if let Some(out) = out {
+    if let Some(target) = heatmap {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fabric_inspect::Error::io("create folder", dir, e))?;
+        }
         let overlay = heatmap_overlay(&img, &inspection.map, inspection.threshold);
-        let target = out.join(unique_name(path, used_names));
-        write_png(&target, &overlay)?;
+        write_png(target, &overlay)?;
         report.heatmap = Some(target.display().to_string());
     }
     Ok(report)
 }
 
-/// `<stem>_heatmap.png`, with `-2`, `-3`, … when inputs from different folders share a name.
-fn unique_name(path: &Path, used: &mut HashSet<String>) -> String {
+/// Heatmap file of `path`, relative to the output folder: `<stem>_heatmap.png`, inside the
+/// same subfolders as the image has below the input folder it was found in (so that
+/// `test/hole/000.png` and `test/stain/000.png` keep their defect folder); `-2`, `-3`, …
+/// are added when two inputs would still share a name.
+fn heatmap_name(path: &Path, inputs: &[PathBuf], used: &mut HashSet<PathBuf>) -> PathBuf {
+    let dir = inputs
+        .iter()
+        .filter(|i| i.is_dir())
+        .find_map(|i| path.strip_prefix(i).ok())
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    let mut name = format!("{stem}_heatmap.png");
+    let mut name = dir.join(format!("{stem}_heatmap.png"));
     let mut k = 2;
     while !used.insert(name.clone()) {
-        name = format!("{stem}-{k}_heatmap.png");
+        name = dir.join(format!("{stem}-{k}_heatmap.png"));
         k += 1;
     }
     name
