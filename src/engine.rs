@@ -293,6 +293,7 @@ impl Engine {
             tracing::warn!(
                 requested = %options.device,
                 running = %provider,
+                library = %rt.path.display(),
                 "execution provider fallback: {}",
                 skipped.join("; ")
             );
