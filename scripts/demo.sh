@@ -91,6 +91,8 @@ rm -rf "$MODEL"
 
 step 4/5 "inspection of ${INPUTS[*]}"
 INSPECT="$OUT/inspect"
+# Start from an empty folder, so that the summary below lists this run's heatmaps only.
+rm -rf "$INSPECT"
 mkdir -p "$INSPECT"
 REPORT="$INSPECT/report.jsonl"
 status=0

@@ -6,6 +6,9 @@
 //! - optionally `ground_truth/<defect>/<stem>_mask.png`: pixel masks of the defective test
 //!   images (mask value > 127 = defect). Normal test images have no mask (all normal).
 //!
+//! Training needs `train/good/` ([`Category::open`]); evaluation needs only `test/`
+//! ([`Category::open_test`]).
+//!
 //! Image files are those with extension png, jpg, jpeg, bmp, tif or tiff (any case); every
 //! list is sorted by file name so that runs are reproducible.
 
@@ -78,26 +81,50 @@ pub struct TestImage {
     pub mask: Option<PathBuf>,
 }
 
+/// What a caller of [`Category::read`] needs from the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// `train/good/` with images (training); `test/` optional.
+    Train,
+    /// `test/` with images (evaluation); `train/` not read.
+    Test,
+}
+
 /// A category folder in MVTec AD layout.
 #[derive(Debug, Clone)]
 pub struct Category {
     /// The category folder.
     pub root: PathBuf,
-    /// Training images (`train/good/`), sorted by name.
+    /// Training images (`train/good/`), sorted by name; empty when the folder was opened
+    /// with [`Category::open_test`].
     pub train: Vec<PathBuf>,
     /// Test images, sorted by defect folder then file name.
     pub test: Vec<TestImage>,
 }
 
 impl Category {
-    /// Reads the layout of the category folder `dir`.
+    /// Reads the layout of the category folder `dir` for training and evaluation.
     ///
-    /// `train/good/` must exist. `test/` is optional (a training-only folder), but when it
-    /// exists it must hold at least one non-empty defect folder. A defective image's mask
-    /// is looked up as `ground_truth/<defect>/<stem>_mask.png` (also `<stem>_mask.<ext>` or
-    /// `<stem>.<ext>` for any image extension); a missing mask leaves `mask` empty, and
-    /// [`Category::has_masks`] tells whether every defective image has one.
+    /// `train/good/` must exist and hold at least one image. `test/` is optional (a
+    /// training-only folder), but when it exists it must hold at least one non-empty defect
+    /// folder. A defective image's mask is looked up as `ground_truth/<defect>/<stem>_mask.png`
+    /// (also `<stem>_mask.<ext>` or `<stem>.<ext>` for any image extension); a missing mask
+    /// leaves `mask` empty, and [`Category::has_masks`] tells whether every defective image
+    /// has one.
     pub fn open(dir: &Path) -> Result<Category> {
+        Category::read(dir, Need::Train)
+    }
+
+    /// Reads only the test side of the category folder `dir`, for evaluation.
+    ///
+    /// `test/` must exist and hold at least one non-empty defect folder; masks are found as
+    /// in [`Category::open`]. `train/` is neither required nor read: [`Category::train`] is
+    /// left empty, so a folder with an empty or missing `train/good/` can be evaluated.
+    pub fn open_test(dir: &Path) -> Result<Category> {
+        Category::read(dir, Need::Test)
+    }
+
+    fn read(dir: &Path, need: Need) -> Result<Category> {
         let err = |msg: String| Error::Dataset {
             path: dir.to_path_buf(),
             msg,
@@ -105,19 +132,25 @@ impl Category {
         if !dir.is_dir() {
             return Err(err("not a folder".into()));
         }
-        let train_dir = dir.join("train").join(GOOD);
-        if !train_dir.is_dir() {
-            return Err(err(format!(
-                "no train/{GOOD}/ folder (expected MVTec AD layout: train/good/, test/<defect>/, ground_truth/<defect>/)"
-            )));
-        }
-        let train = list_images(&train_dir)?;
-        if train.is_empty() {
-            return Err(Error::Dataset {
-                path: train_dir,
-                msg: "holds no images (png, jpg, jpeg, bmp, tif, tiff)".into(),
-            });
-        }
+        let train = match need {
+            Need::Train => {
+                let train_dir = dir.join("train").join(GOOD);
+                if !train_dir.is_dir() {
+                    return Err(err(format!(
+                        "no train/{GOOD}/ folder (expected MVTec AD layout: train/good/, test/<defect>/, ground_truth/<defect>/)"
+                    )));
+                }
+                let train = list_images(&train_dir)?;
+                if train.is_empty() {
+                    return Err(Error::Dataset {
+                        path: train_dir,
+                        msg: "holds no images (png, jpg, jpeg, bmp, tif, tiff)".into(),
+                    });
+                }
+                train
+            }
+            Need::Test => Vec::new(),
+        };
 
         let mut test = Vec::new();
         let test_dir = dir.join("test");
@@ -154,6 +187,11 @@ impl Category {
                 path: test_dir,
                 msg: "is not a folder".into(),
             });
+        } else if need == Need::Test {
+            return Err(err(
+                "no test/ folder to evaluate (expected MVTec AD layout: test/<defect>/ with test/good/ for normal images, optionally ground_truth/<defect>/)"
+                    .into(),
+            ));
         }
         tracing::debug!(
             root = %dir.display(),

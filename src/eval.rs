@@ -4,11 +4,12 @@
 //! the CLI), one image at a time; the maps are folded into streaming accumulators and
 //! dropped, so memory does not grow with the number of pixels of the test set. The
 //! [`EvalReport`] holds:
-//! - image AUROC;
-//! - pixel AUROC and AU-PRO (FPR ≤ 0.3, normalised) when every defective image has a mask
-//!   (absent otherwise, e.g. AITEX); masks are brought to the map's size by nearest
-//!   neighbour (256×256 in `resize` mode, native resolution in `tile` mode) and
-//!   binarised at > 127;
+//! - image AUROC (absent, with a note, when the scored images are all normal or all
+//!   defective);
+//! - pixel AUROC and AU-PRO (FPR ≤ 0.3, normalised) when there are defective images and
+//!   every one has a mask (absent otherwise, e.g. AITEX, with a note saying why); masks are
+//!   brought to the map's size by nearest neighbour (256×256 in `resize` mode, native
+//!   resolution in `tile` mode) and binarised at > 127;
 //! - coverage at 100 % precision and recall for δ ∈ {0, 0.02, 0.05}, on image scores
 //!   min–max normalised over this test set (for that metric only);
 //! - per defect type: count and mean score;
@@ -312,14 +313,27 @@ pub fn evaluate(
     let mut notes = Vec::new();
     let scores: Vec<f32> = images.iter().map(|i| i.score).collect();
     let labels: Vec<bool> = images.iter().map(|i| i.is_anomalous).collect();
-    let image_auroc = match metrics::image_auroc(&scores, &labels) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            notes.push(format!("image AUROC absent: {e}"));
-            None
+    let (image_auroc, coverage) = match one_class_reason(category, &labels) {
+        Some(why) => {
+            notes.push(format!("image AUROC and coverage absent: {why}"));
+            (None, Vec::new())
         }
+        None => ranking_metrics(&scores, &labels, &mut notes),
     };
-    let (pixel_auroc, au_pro, gt_regions) = if let (true, Some((roc, pro))) = (pixel, &acc) {
+    let (pixel_auroc, au_pro, gt_regions) = if category.test_anomalous_count() == 0 {
+        notes.push(
+            "pixel AUROC and AU-PRO absent: the test set has no defective images, so there \
+             are no defect pixels to find"
+                .into(),
+        );
+        (None, None, None)
+    } else if !pixel {
+        notes.push(
+            "pixel AUROC and AU-PRO absent: not every defective test image has a ground-truth mask"
+                .into(),
+        );
+        (None, None, None)
+    } else if let Some((roc, pro)) = &acc {
         let a = roc
             .auroc()
             .map_err(|e| notes.push(format!("pixel AUROC absent: {e}")));
@@ -327,30 +341,10 @@ pub fn evaluate(
             .au_pro(PRO_FPR_LIMIT)
             .map_err(|e| notes.push(format!("AU-PRO absent: {e}")));
         (a.ok(), p.ok(), Some(pro.regions()))
-    } else if pixel {
+    } else {
         notes.push("pixel AUROC and AU-PRO absent: no image was scored".into());
         (None, None, None)
-    } else {
-        notes.push(
-            "pixel AUROC and AU-PRO absent: not every defective test image has a ground-truth mask"
-                .into(),
-        );
-        (None, None, None)
     };
-    let normalised = metrics::min_max_normalise(&scores);
-    let mut coverage = Vec::new();
-    for d in COVERAGE_DELTAS {
-        match metrics::coverage(&normalised, &labels, d) {
-            Ok(c) => coverage.push(CoverageAt {
-                delta: d,
-                coverage: c,
-            }),
-            Err(e) => {
-                notes.push(format!("coverage absent: {e}"));
-                break;
-            }
-        }
-    }
 
     let mut per_defect: Vec<DefectSummary> = Vec::new();
     for i in &images {
@@ -412,6 +406,66 @@ pub fn evaluate(
         failed,
         notes,
     })
+}
+
+/// Why the image-level ranking metrics (image AUROC, coverage) cannot be computed, when
+/// the scored images (`labels`, true = defective) lack one of the two classes.
+fn one_class_reason(category: &Category, labels: &[bool]) -> Option<String> {
+    let defective = labels.iter().filter(|&&l| l).count();
+    let normal = labels.len() - defective;
+    if normal > 0 && defective > 0 {
+        return None;
+    }
+    let need = "both metrics compare defective with normal images";
+    let why = if labels.is_empty() {
+        "no test image could be scored".to_string()
+    } else if category.test_anomalous_count() == 0 {
+        format!("the test set has no defective images (only test/good/), and {need}")
+    } else if category.test_normal_count() == 0 {
+        format!("the test set has no normal images (no test/good/), and {need}")
+    } else if defective == 0 {
+        format!(
+            "none of the {} defective test images could be scored, and {need}",
+            category.test_anomalous_count()
+        )
+    } else {
+        format!(
+            "none of the {} normal test images could be scored, and {need}",
+            category.test_normal_count()
+        )
+    };
+    Some(why)
+}
+
+/// Image AUROC and coverage of scores from both classes; a metric that still fails (a
+/// score that is not finite) is left out with a note.
+fn ranking_metrics(
+    scores: &[f32],
+    labels: &[bool],
+    notes: &mut Vec<String>,
+) -> (Option<f64>, Vec<CoverageAt>) {
+    let image_auroc = match metrics::image_auroc(scores, labels) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            notes.push(format!("image AUROC absent: {e}"));
+            None
+        }
+    };
+    let normalised = metrics::min_max_normalise(scores);
+    let mut coverage = Vec::new();
+    for d in COVERAGE_DELTAS {
+        match metrics::coverage(&normalised, labels, d) {
+            Ok(c) => coverage.push(CoverageAt {
+                delta: d,
+                coverage: c,
+            }),
+            Err(e) => {
+                notes.push(format!("coverage absent: {e}"));
+                break;
+            }
+        }
+    }
+    (image_auroc, coverage)
 }
 
 /// Loads the mask of `t` (none for a normal image), brings it to the map's size and adds
@@ -566,7 +620,9 @@ impl EvalReport {
                 100.0 * c.coverage
             );
         }
-        let _ = writeln!(s, "  (coverage: {})", self.coverage_scale);
+        if !self.coverage.is_empty() {
+            let _ = writeln!(s, "  (coverage: {})", self.coverage_scale);
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,

@@ -177,6 +177,79 @@ fn eval_reports_corrupt_images_and_fails_at_the_end() {
 }
 
 #[test]
+fn eval_needs_no_training_images() {
+    if !ort_available("eval_needs_no_training_images") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = category(d.path());
+    let m = model(d.path(), "tile");
+    // An empty train/good/, then no train/ at all: eval scores test/ all the same.
+    std::fs::remove_file(data.join("train/good/000.png")).unwrap();
+    for case in ["empty", "missing"] {
+        if case == "missing" {
+            std::fs::remove_dir_all(data.join("train")).unwrap();
+        }
+        let json = d.path().join(format!("{case}.json"));
+        let (code, table, j) = eval(&m, &data, &json, &["--threshold", "0.5"]);
+        assert_eq!(code, 0, "{case}: {table}");
+        assert_eq!(j["threshold"]["normal"], 2, "{case}");
+        assert_eq!(j["threshold"]["defective"], 1, "{case}");
+        assert!(in_unit(&j["image_auroc"]), "{case}: {table}");
+        assert!(in_unit(&j["pixel_auroc"]), "{case}: {table}");
+    }
+}
+
+#[test]
+fn eval_without_defective_images_says_why_metrics_are_absent() {
+    if !ort_available("eval_without_defective_images_says_why_metrics_are_absent") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = category(d.path());
+    std::fs::remove_dir_all(data.join("test/spot")).unwrap();
+    std::fs::remove_dir_all(data.join("ground_truth")).unwrap();
+    let m = model(d.path(), "tile");
+    let json = d.path().join("good-only.json");
+    let (code, table, j) = eval(&m, &data, &json, &["--threshold", "0.5"]);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(j["threshold"]["normal"], 2);
+    assert_eq!(j["threshold"]["defective"], 0);
+    assert_eq!(j["threshold"]["misses"], 0);
+    // Image AUROC and coverage need both classes, pixel metrics need defects: all absent,
+    // shown as "—" with a note naming the real reason (not a missing mask), never NaN.
+    assert!(j["image_auroc"].is_null(), "{}", j["image_auroc"]);
+    assert!(j["pixel_auroc"].is_null() && j["au_pro"].is_null());
+    assert!(j["gt_regions"].is_null());
+    assert!(j["coverage"].as_array().unwrap().is_empty());
+    let notes: Vec<&str> = j["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].starts_with("image AUROC and coverage absent")
+            && notes[0].contains("no defective images"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].starts_with("pixel AUROC and AU-PRO absent")
+            && notes[1].contains("no defective images"),
+        "{notes:?}"
+    );
+    assert!(!table.contains("ground-truth mask"), "{table}");
+    assert!(!table.to_lowercase().contains("nan"), "{table}");
+    assert!(table.contains("no defective images"), "{table}");
+    let auroc_line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("image AUROC"))
+        .unwrap();
+    assert!(auroc_line.contains('—'), "{table}");
+}
+
+#[test]
 fn eval_on_real_folders() {
     if !ort_available("eval_on_real_folders") {
         return;

@@ -113,6 +113,50 @@ fn wrong_layouts_name_the_folder() {
     assert!(!c.has_masks());
 }
 
+#[test]
+fn evaluation_needs_only_the_test_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().join("cat");
+    touch(&r.join("test/good/a.png"));
+    touch(&r.join("test/hole/b.png"));
+    touch(&r.join("ground_truth/hole/b_mask.png"));
+
+    // No train/ at all: training refuses it, evaluation reads the test side.
+    let e = Category::open(&r).unwrap_err().to_string();
+    assert!(e.contains("train/good"), "{e}");
+    let c = Category::open_test(&r).unwrap();
+    assert!(c.train.is_empty());
+    assert_eq!((c.test_normal_count(), c.test_anomalous_count()), (1, 1));
+    assert!(c.has_masks());
+
+    // An empty train/good/ (only a non-image file): the same.
+    touch(&r.join("train/good/readme.txt"));
+    let e = Category::open(&r).unwrap_err().to_string();
+    assert!(e.contains("no images"), "{e}");
+    let c = Category::open_test(&r).unwrap();
+    assert!(c.train.is_empty());
+    assert_eq!(c.test.len(), 2);
+
+    // Training images are not read for evaluation even where they exist.
+    touch(&r.join("train/good/t.png"));
+    assert_eq!(Category::open(&r).unwrap().train.len(), 1);
+    assert!(Category::open_test(&r).unwrap().train.is_empty());
+
+    // Without test/ there is nothing to evaluate: an error naming the folder it needs.
+    std::fs::remove_dir_all(r.join("test")).unwrap();
+    let e = Category::open_test(&r).unwrap_err();
+    assert!(matches!(e, Error::Dataset { .. }));
+    let e = e.to_string();
+    assert!(e.contains("no test/ folder"), "{e}");
+    std::fs::create_dir_all(r.join("test/good")).unwrap();
+    let e = Category::open_test(&r).unwrap_err().to_string();
+    assert!(e.contains("no test images"), "{e}");
+    let e = Category::open_test(&d.path().join("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a folder"), "{e}");
+}
+
 fn check_real(root: &Path, rel: &str, train: usize, good: usize, bad: usize, masks: bool) {
     let c = Category::open(&root.join(rel)).unwrap();
     assert_eq!(c.train.len(), train, "{rel} train");

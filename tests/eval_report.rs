@@ -235,11 +235,40 @@ fn one_class_only_gives_absent_metrics_with_a_note() {
     let r = evaluate(&cat, &mut scorer, &EvalOptions::default(), &mut |_| {}).unwrap();
     assert_eq!(r.image_auroc, None);
     assert!(r.coverage.is_empty());
+    assert_eq!((r.pixel_auroc, r.au_pro, r.gt_regions), (None, None, None));
+    // The notes give the real reason: there are no defective images (not missing masks).
+    assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
     assert!(
-        r.notes.iter().any(|n| n.contains("image AUROC")),
+        r.notes[0].starts_with("image AUROC and coverage absent")
+            && r.notes[0].contains("no defective images"),
         "{:?}",
         r.notes
     );
+    assert!(
+        r.notes[1].starts_with("pixel AUROC and AU-PRO absent")
+            && r.notes[1].contains("no defective images"),
+        "{:?}",
+        r.notes
+    );
+    assert!(r.notes.iter().all(|n| !n.contains("mask")), "{:?}", r.notes);
+    let table = r.to_table();
+    assert!(!table.to_lowercase().contains("nan"), "{table}");
+
+    // Defective images only (with masks): image AUROC absent for the other class, while
+    // pixel metrics still compare defect and normal pixels inside the defective images.
+    let d2 = tempfile::tempdir().unwrap();
+    build_tree(d2.path(), true);
+    std::fs::remove_dir_all(d2.path().join("test/good")).unwrap();
+    let cat2 = Category::open(d2.path()).unwrap();
+    let r = evaluate(&cat2, &mut scorer, &EvalOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(r.image_auroc, None);
+    assert!(r.coverage.is_empty());
+    assert!(
+        r.notes.len() == 1 && r.notes[0].contains("no normal images"),
+        "{:?}",
+        r.notes
+    );
+    assert!((r.pixel_auroc.unwrap() - 1.0).abs() < 1e-9);
 
     // No test folder at all: an error naming it.
     std::fs::remove_dir_all(d.path().join("test")).unwrap();

@@ -19,7 +19,8 @@ pub struct Args {
     /// Exported model folder (model.yaml, teacher.onnx, student.onnx).
     #[arg(long)]
     model: PathBuf,
-    /// Category folder in MVTec AD layout (train/good, test/<defect>, ground_truth/<defect>).
+    /// Category folder in MVTec AD layout: test/<defect> (test/good for normal images) and,
+    /// for pixel metrics, ground_truth/<defect>; train/ is not read.
     #[arg(long)]
     data: PathBuf,
     /// Also write the report as JSON to this file.
@@ -48,16 +49,11 @@ pub struct Args {
 /// Runs the subcommand; the exit code is 1 when an image could not be scored.
 pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        args.bins >= 4 && args.bins % 2 == 0,
+        args.bins >= 4 && args.bins.is_multiple_of(2),
         "--bins must be an even number of at least 4, got {}",
         args.bins
     );
-    let category = Category::open(&args.data)?;
-    anyhow::ensure!(
-        !category.test.is_empty(),
-        "dataset {}: no test/ folder to evaluate",
-        args.data.display()
-    );
+    let category = Category::open_test(&args.data)?;
     let options = InspectOptions {
         engine: EngineOptions {
             device: args.device,
