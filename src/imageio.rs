@@ -115,7 +115,7 @@ fn decode_reader<R: BufRead + Seek>(
             path: path.to_path_buf(),
             msg: format!(
                 "{w}×{h} = {pixels} pixels exceeds the limit of {max_pixels} pixels \
-                 (raise it with --max-pixels)"
+                 (fabric-inspect's commands raise it with --max-pixels)"
             ),
         });
     }

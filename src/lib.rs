@@ -32,3 +32,44 @@ pub mod threshold;
 pub mod tiling;
 
 pub use error::{Error, Result};
+
+/// Checks a `--log` value: a level (off, error, warn, info, debug, trace), or
+/// comma-separated `target=level` directives, as `RUST_LOG` takes them.
+pub fn parse_log_filter(s: &str) -> std::result::Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l.trim()));
+    let ok = !s.trim().is_empty()
+        && s.split(',').all(|d| match d.split_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(d),
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a log filter: use one of {} or target=level directives",
+            LEVELS.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_log_filter;
+
+    #[test]
+    fn log_filters_are_levels_or_directives() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "fabric_train=debug,ort=warn",
+            "info,ort=error",
+        ] {
+            assert!(parse_log_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "foo", "loud", "ort=", "=info", "info,,warn"] {
+            assert!(parse_log_filter(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -156,7 +156,7 @@ impl Bins {
                 format!("score range [{lo}, {hi}] is empty or not finite"),
             ));
         }
-        if bins < 2 || bins % 2 != 0 {
+        if bins < 2 || !bins.is_multiple_of(2) {
             return Err(metric_err(
                 metric,
                 format!("bin count {bins} must be even and at least 2"),

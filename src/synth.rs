@@ -384,7 +384,7 @@ fn broken_yarn(img: &mut RgbImage, mask: &mut GrayImage, cx: f32, cy: f32, s: f3
     let (w, h) = img.dimensions();
     let len = rng.range(40.0, 120.0) * s;
     let half_width = rng.range(1.0, 2.0) * s.max(0.5);
-    let vertical = rng.next_u64() % 2 == 0;
+    let vertical = rng.next_u64().is_multiple_of(2);
     let (along_x, along_y) = if vertical { (0.0, 1.0) } else { (1.0, 0.0) };
     // The gap: yarn missing, the darker layer behind shows.
     let reach = len / 2.0 + half_width + 1.0;
@@ -397,7 +397,11 @@ fn broken_yarn(img: &mut RgbImage, mask: &mut GrayImage, cx: f32, cy: f32, s: f3
         }
     });
     // The loose end: a bright tuft of fibre at one end of the gap.
-    let end = if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+    let end = if rng.next_u64().is_multiple_of(2) {
+        1.0
+    } else {
+        -1.0
+    };
     let tx = cx + end * along_x * len / 2.0;
     let ty = cy + end * along_y * len / 2.0;
     let tuft = rng.range(2.5, 4.5) * s.max(0.5);

@@ -2,7 +2,7 @@
 //!
 //! After training, the validation normals are scored exactly as inference will score them;
 //! their statistics are stored with the model and the default threshold is derived from
-//! them alone (never from test labels): `max(mean + 4·std, max)`, so that no validation
+//! them alone (never from test labels): `max(mean + 4·std, max + 0.01 %)`, so that no validation
 //! normal is flagged.
 
 use crate::{Error, Result};
@@ -102,9 +102,19 @@ fn quantile_sorted(sorted: &[f32], q: f64) -> f32 {
     (sorted[lo] as f64 + (sorted[hi] as f64 - sorted[lo] as f64) * frac) as f32
 }
 
-/// The default threshold: `max(mean + 4·std, max)`, so that no score of `stats` lies above it.
+/// Relative margin of the default threshold above the largest validation score. The scores
+/// behind the statistics come from the trainer's network and the runtime scores with ONNX
+/// Runtime; the two agree to about 1e-5 of the map, not bit for bit. Without the margin,
+/// validation scores that all tie (a spread of 0, as when every image peaks at the same
+/// background feature) put the threshold on the tie, and rounding alone decides whether
+/// such a normal image is flagged.
+pub const MAX_MARGIN: f32 = 1e-4;
+
+/// The default threshold: `max(mean + 4·std, max·(1 + MAX_MARGIN))`, so that no score of
+/// `stats` lies above it, nor does the same image scored by the runtime.
 pub fn default_threshold(stats: &ScoreStats) -> f32 {
-    (stats.mean + DEFAULT_STD_FACTOR * stats.std).max(stats.max)
+    let above_max = stats.max + stats.max.abs() * MAX_MARGIN;
+    (stats.mean + DEFAULT_STD_FACTOR * stats.std).max(above_max)
 }
 
 #[cfg(test)]
@@ -132,7 +142,7 @@ mod tests {
         let s = ScoreStats::from_scores(&[0.3]).unwrap();
         assert_eq!(s.std, 0.0);
         assert_eq!(s.quantile(0.95), Some(0.3));
-        assert_eq!(default_threshold(&s), 0.3);
+        assert_eq!(default_threshold(&s), 0.3 * (1.0 + MAX_MARGIN));
     }
 
     #[test]
@@ -158,7 +168,11 @@ mod tests {
         v.push(100.0);
         let s = ScoreStats::from_scores(&v).unwrap();
         assert!(s.mean + 4.0 * s.std < 100.0);
-        assert_eq!(default_threshold(&s), 100.0);
+        assert_eq!(default_threshold(&s), 100.0 * (1.0 + MAX_MARGIN));
+        // Tied scores: the threshold lies just above them, not on them.
+        let s = ScoreStats::from_scores(&[0.006_138_985_5; 5]).unwrap();
+        let t = default_threshold(&s);
+        assert!(t > s.max && t > 0.006_138_986 && t < s.max * 1.001, "{t}");
     }
 
     #[test]

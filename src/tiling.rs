@@ -32,7 +32,7 @@ fn starts(len: u32, tile: u32) -> Vec<u32> {
         return vec![0];
     }
     let mut v: Vec<u32> = (0..len / tile).map(|i| i * tile).collect();
-    if len % tile != 0 {
+    if !len.is_multiple_of(tile) {
         v.push(len - tile);
     }
     v

@@ -2,7 +2,7 @@
 //!
 //! A mill re-calibrates when the light or the yarn lot changes, without retraining: the
 //! images are scored exactly as `inspect` scores them, their statistics give the default
-//! threshold rule (`max(mean + 4·std, max)`), and `model.yaml` is rewritten atomically
+//! threshold rule (`max(mean + 4·std, max + 0.01 %)`), and `model.yaml` is rewritten atomically
 //! with the previous threshold kept in `threshold_history`.
 //!
 //! With `--position` the model's position statistics are learned afresh as well (for a new

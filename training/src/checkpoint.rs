@@ -10,6 +10,7 @@
 //! | `last.safetensors` | student variables after the last finished epoch, plus Adam's moments `adam.m.<var>` / `adam.v.<var>` (for `--resume`) |
 //! | `state.yaml` | [`TrainState`]: epochs done, Adam steps, learning rate, plateau and early-stop counters, best epoch and loss, the loss curve, teacher weights id |
 //! | `curve.csv` | `epoch,train_loss,val_loss,lr,seconds,best`, one row per epoch (losses are means per tile; `lr` is the rate the epoch trained with) |
+//! | `.lock` | empty; locked by the training that writes into the folder |
 //! | `stats.yaml` | [`RunStats`]: validation score statistics of the best checkpoint (no blur, scored as inference), the default threshold, σ and the per-image scores; written when training ends |
 //!
 //! To rebuild the trained model (e.g. for ONNX export): [`load_config`], then
@@ -40,6 +41,8 @@ pub mod files {
     pub const LAST: &str = "last.safetensors";
     /// Resumable training state.
     pub const STATE: &str = "state.yaml";
+    /// Held (locked) by the training that writes into the folder.
+    pub const LOCK: &str = ".lock";
     /// Loss curve.
     pub const CURVE: &str = "curve.csv";
     /// Validation score statistics and threshold.
@@ -59,8 +62,13 @@ pub enum CheckpointError {
         "run folder {0} already holds a training run; pass --resume to continue it or choose another --out"
     )]
     Exists(PathBuf),
+    /// Another training holds the folder's lock.
+    #[error(
+        "run folder {0} is in use by another training (it holds {0}/.lock); wait for it to end or choose another --out"
+    )]
+    Busy(PathBuf),
     /// `--resume` with a config that differs from the run's own in more than `max_epochs`,
-    /// `early_stop` or `threads`.
+    /// `early_stop`, `threads`, `feature_cache_mb` or `position_stats`.
     #[error("run folder {0}: the config differs from the run's config.yaml in more than max_epochs, early_stop, threads, feature_cache_mb or position_stats; resume with the same config")]
     ConfigChanged(PathBuf),
     /// The run's student was built with other output activations than the current code
@@ -166,7 +174,7 @@ pub struct RunStats {
     pub sigma: f32,
     /// Statistics of the validation normals' image scores.
     pub stats: ScoreStats,
-    /// Default threshold: max(mean + 4·std, max).
+    /// Default threshold: max(mean + 4·std, max + 0.01 %).
     pub threshold: f32,
     /// Score of every validation image.
     pub scores: Vec<ImageScore>,
@@ -249,10 +257,31 @@ pub fn load_into(varmap: &VarMap, tensors: &HashMap<String, Tensor>, origin: &Pa
 impl RunDir {
     /// Opens `root`, creating it when missing.
     pub fn create(root: &Path) -> Result<Self> {
+        if root.exists() && !root.is_dir() {
+            return Err(file_err(root, "is a file, not a folder"));
+        }
         std::fs::create_dir_all(root).map_err(|e| file_err(root, e))?;
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Takes the folder's lock file (`.lock`) for as long as the returned file lives, so that
+    /// two trainings cannot write into one run folder. The operating system releases the
+    /// lock when the process ends, however it ends.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let p = self.path(files::LOCK);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| file_err(&p, e))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(CheckpointError::Busy(self.root.clone())),
+            Err(std::fs::TryLockError::Error(e)) => Err(file_err(&p, e)),
+        }
     }
 
     /// Opens an existing run folder.
@@ -294,6 +323,14 @@ impl RunDir {
         read_yaml(&self.path(files::SPLIT))
     }
 
+    /// Reads `split.yaml` when it exists.
+    pub fn read_split_opt(&self) -> Result<Option<Split>> {
+        if !self.path(files::SPLIT).exists() {
+            return Ok(None);
+        }
+        self.read_split().map(Some)
+    }
+
     /// Writes `state.yaml`.
     pub fn write_state(&self, state: &TrainState) -> Result<()> {
         write_yaml(&self.path(files::STATE), state)
@@ -320,7 +357,8 @@ impl RunDir {
             return Err(file_err(
                 &path,
                 "missing: the run has no finished epoch (it stopped before the end of its \
-                 first); train it again",
+                 first); run `fabric-train train` with the run's config, this folder as --out \
+                 and --resume",
             ));
         }
         read_tensors(&path, device)

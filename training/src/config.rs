@@ -16,11 +16,12 @@ pub const CONFIG_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config {path}: {source}")]
+    #[error("config {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not the error's `source`: the message already ends with it, and a report of the
+        // whole chain would print it twice.
+        error: std::io::Error,
     },
     /// The YAML does not parse or does not fit the schema (unknown key, wrong type).
     #[error("config {path}: {msg}")]
@@ -279,9 +280,9 @@ impl TrainConfig {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_yaml(&text, path)
     }
@@ -334,7 +335,7 @@ impl TrainConfig {
                 return Err(bad("teacher_weights", "empty path".into()));
             }
         }
-        if self.image_size < 64 || self.image_size > 1024 || self.image_size % 32 != 0 {
+        if self.image_size < 64 || self.image_size > 1024 || !self.image_size.is_multiple_of(32) {
             return Err(bad(
                 "image_size",
                 format!(
@@ -405,7 +406,7 @@ impl TrainConfig {
             ));
         }
         let b = &self.blur;
-        if b.kernel == 0 || b.kernel % 2 == 0 || b.kernel > 31 {
+        if b.kernel == 0 || b.kernel.is_multiple_of(2) || b.kernel > 31 {
             return Err(bad(
                 "blur.kernel",
                 format!("must be odd, 1..=31, got {}", b.kernel),

@@ -138,9 +138,27 @@ pub fn make_split(cfg: &TrainConfig) -> Result<Split, DataError> {
         train: Vec::new(),
         val: Vec::new(),
     };
+    let mut seen = Vec::new();
     for root in &cfg.roots {
+        let same = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+        if seen.contains(&same) {
+            tracing::warn!(root = %root.display(), "root listed twice; its images are used once");
+            continue;
+        }
+        seen.push(same);
         let cat = Category::open(root)?;
         let mut paths = cat.train;
+        // split.yaml records every image's path as text.
+        paths.retain(|p| {
+            let ok = p.to_str().is_some();
+            if !ok {
+                tracing::warn!(
+                    path = %p.display(),
+                    "skipping an image whose path is not valid UTF-8 (rename it to use it)"
+                );
+            }
+            ok
+        });
         if let Some(limit) = cfg.limit {
             paths.truncate(limit);
         }
@@ -407,7 +425,11 @@ pub fn load_tiles(paths: &[PathBuf], spec: &TileSpec, blur: Option<&BlurConfig>)
 
 /// Draws the split and loads both sides.
 pub fn load(cfg: &TrainConfig) -> Result<TrainData, DataError> {
-    let split = make_split(cfg)?;
+    load_split(cfg, make_split(cfg)?)
+}
+
+/// Loads both sides of a given split (a resumed run keeps the split it began with).
+pub fn load_split(cfg: &TrainConfig, split: Split) -> Result<TrainData, DataError> {
     let spec = TileSpec {
         mode: cfg.input_mode,
         size: cfg.image_size,

@@ -705,7 +705,8 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(Rrd, ModelMeta)> {
         crate::checkpoint::load_model(run_dir, device).map_err(|e| run_err(e.to_string()))?;
     let stats = crate::checkpoint::load_stats(run_dir).map_err(|e| {
         run_err(format!(
-            "{e} (stats.yaml is written when training has scored its validation images)"
+            "{e} (stats.yaml is written when training has scored its validation images; \
+             a run that stopped before that finishes with `fabric-train train --resume`)"
         ))
     })?;
     let training_config = serde_yaml::to_value(&cfg)

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "info", value_parser = fabric_inspect::parse_log_filter)]
     log: String,
     /// Hide progress bars.
     #[arg(long, global = true)]

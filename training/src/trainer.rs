@@ -517,6 +517,7 @@ pub struct TrainSummary {
 pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     let device = Device::Cpu;
     let run = RunDir::create(out)?;
+    let _lock = run.lock()?;
     let prior = run.read_state_opt()?;
     if prior.is_some() && !opts.resume {
         return Err(checkpoint::CheckpointError::Exists(out.to_path_buf()).into());
@@ -529,7 +530,23 @@ pub fn train(cfg: &TrainConfig, out: &Path, opts: &TrainOptions) -> Result<Train
     }
     run.write_config(cfg)?;
 
-    let data = data::load(cfg)?;
+    // A resumed run keeps the split it began with: images added to the folders since then
+    // would otherwise move between the training and validation sides.
+    let data = match (&prior, run.read_split_opt()?) {
+        (Some(_), Some(saved)) => {
+            let changed = data::make_split(cfg)
+                .map_or(true, |now| now.train != saved.train || now.val != saved.val);
+            if changed {
+                tracing::warn!(
+                    run = %out.display(),
+                    "the image folders changed since this run began; resuming with the run's \
+                     own split.yaml (images added since are not used, missing ones are skipped)"
+                );
+            }
+            data::load_split(cfg, saved)?
+        }
+        _ => data::load(cfg)?,
+    };
     if cfg.position_stats {
         check_position_data(cfg, &data)?;
     }

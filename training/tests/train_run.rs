@@ -315,3 +315,66 @@ fn position_statistics_refuse_mixed_sizes_before_training() {
     // Refused before the first epoch: no checkpoint was written.
     assert!(!out.join(files::BEST).exists());
 }
+
+#[test]
+fn resume_keeps_the_split_and_a_locked_run_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 5);
+    let out = tmp.path().join("run");
+    train(&tiny_config(root.clone(), 1, 3), &out, &quiet()).unwrap();
+    let run = checkpoint::RunDir::open(&out).unwrap();
+    let before = run.read_split().unwrap();
+
+    // While another training holds the folder, a second one is refused.
+    let held = run.lock().unwrap();
+    let resume = TrainOptions {
+        resume: true,
+        quiet: true,
+    };
+    let e = train(&tiny_config(root.clone(), 2, 3), &out, &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in use by another training"), "{e}");
+    drop(held);
+
+    // Images added to the folder before resuming would redraw the split: the run keeps its own.
+    let good = root.join("train").join("good");
+    for k in 0..4 {
+        std::fs::copy(
+            good.join(format!("{k:03}.png")),
+            good.join(format!("{k:03}_new.png")),
+        )
+        .unwrap();
+    }
+    let mut cfg = tiny_config(root.clone(), 2, 3);
+    assert_ne!(data::make_split(&cfg).unwrap().val, before.val);
+    train(&cfg, &out, &resume).unwrap();
+    let after = run.read_split().unwrap();
+    assert_eq!((after.train, after.val), (before.train, before.val));
+
+    // A root listed twice counts once.
+    cfg.roots.push(root.clone());
+    let twice = data::make_split(&cfg).unwrap();
+    cfg.roots.pop();
+    let once = data::make_split(&cfg).unwrap();
+    assert_eq!((twice.train, twice.val), (once.train, once.val));
+}
+
+#[cfg(unix)]
+#[test]
+fn an_image_path_that_is_not_utf8_is_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synthetic_category(tmp.path(), 4);
+    let good = root.join("train").join("good");
+    let odd = good.join(std::ffi::OsStr::from_bytes(b"odd\xff.png"));
+    std::fs::copy(good.join("000.png"), &odd).unwrap();
+    let split = data::make_split(&tiny_config(root.clone(), 1, 1)).unwrap();
+    assert_eq!(split.train.len() + split.val.len(), 5, "{split:?}");
+    assert!(split
+        .train
+        .iter()
+        .chain(&split.val)
+        .all(|p| p.to_str().is_some()));
+    train(&tiny_config(root, 1, 1), &tmp.path().join("run"), &quiet()).unwrap();
+}

@@ -383,7 +383,7 @@ impl Graph {
         bias: Option<&[f32]>,
         spec: &ConvSpec,
     ) -> Result<Value> {
-        if spec.group == 0 || wdims[0] % spec.group != 0 {
+        if spec.group == 0 || !wdims[0].is_multiple_of(spec.group) {
             return Err(self.shape_err(
                 &format!("conv `{hint}` groups"),
                 format!("a divisor of {} output channels", wdims[0]),
