@@ -31,28 +31,31 @@ pub struct Args {
     /// timing; its threshold is unset until `calibrate`.
     #[arg(long)]
     untrained: bool,
-    // The options of an untrained export have no clap default, so that clap can refuse
-    // them next to --checkpoint (an option with a default always counts as given).
-    /// Teacher backbone of an untrained export: resnet18, resnet34 or efficientnet-lite0
-    /// [default: efficientnet-lite0].
-    #[arg(long, conflicts_with = "checkpoint")]
-    backbone: Option<Backbone>,
-    /// Variant of an untrained export: residual or dg [default: residual].
-    #[arg(long, conflicts_with = "checkpoint")]
-    variant: Option<Variant>,
-    /// Seed of an untrained export (student initialisation, random teacher) [default: 42].
-    #[arg(long, conflicts_with = "checkpoint")]
-    seed: Option<u64>,
+    // `conflicts_with`, not `requires = "untrained"`: a flag always counts as given (its
+    // default is false), so `requires` let these options pass next to --checkpoint.
+    /// Teacher backbone of an untrained export: resnet18, resnet34 or efficientnet-lite0.
+    #[arg(
+        long,
+        conflicts_with = "checkpoint",
+        default_value = "efficientnet-lite0"
+    )]
+    backbone: Backbone,
+    /// Variant of an untrained export: residual or dg.
+    #[arg(long, conflicts_with = "checkpoint", default_value = "residual")]
+    variant: Variant,
+    /// Seed of an untrained export (student initialisation, random teacher).
+    #[arg(long, conflicts_with = "checkpoint", default_value_t = 42)]
+    seed: u64,
     /// Teacher weights of an untrained export: a weight file or `random`; default the
     /// backbone's pretrained file under third_party/weights/, else seeded random.
     #[arg(long, conflicts_with = "checkpoint")]
     teacher_weights: Option<String>,
-    /// Input mode recorded for an untrained export: tile or resize [default: tile].
-    #[arg(long, conflicts_with = "checkpoint", value_parser = parse_input_mode)]
-    input_mode: Option<InputMode>,
-    /// Network input side of an untrained export [default: 256].
-    #[arg(long, conflicts_with = "checkpoint")]
-    size: Option<u32>,
+    /// Input mode recorded for an untrained export: tile or resize.
+    #[arg(long, conflicts_with = "checkpoint", default_value = "tile", value_parser = parse_input_mode)]
+    input_mode: InputMode,
+    /// Network input side of an untrained export.
+    #[arg(long, conflicts_with = "checkpoint", default_value_t = 256)]
+    size: u32,
     /// Model folder to write (teacher.onnx, student.onnx, model.yaml); an existing model
     /// folder is replaced.
     #[arg(long)]
@@ -70,21 +73,18 @@ pub fn run(args: Args, _ctx: &super::Ctx) -> anyhow::Result<()> {
             )
         })?
     } else {
-        let size = args.size.unwrap_or(256);
-        let seed = args.seed.unwrap_or(42);
-        let backbone = args.backbone.unwrap_or(Backbone::EfficientnetLite0);
         anyhow::ensure!(
-            size > 0 && size.is_multiple_of(32),
-            "--size must be a positive multiple of 32, got {size}"
+            args.size > 0 && args.size.is_multiple_of(32),
+            "--size must be a positive multiple of 32, got {}",
+            args.size
         );
         let w = match args.teacher_weights.as_deref() {
-            Some("random") => TeacherWeights::Random { seed },
+            Some("random") => TeacherWeights::Random { seed: args.seed },
             Some(p) => TeacherWeights::File(p.into()),
-            None => weights::default_weights(backbone, seed),
+            None => weights::default_weights(args.backbone, args.seed),
         };
-        let info = export::untrained_info(args.input_mode.unwrap_or(InputMode::Tile), size, seed);
-        let variant = args.variant.unwrap_or(Variant::Residual);
-        export::export_untrained(backbone, variant, w, &info, &args.out)
+        let info = export::untrained_info(args.input_mode, args.size, args.seed);
+        export::export_untrained(args.backbone, args.variant, w, &info, &args.out)
             .with_context(|| format!("exporting an untrained model to {}", args.out.display()))?
     };
     if meta.teacher_weights == "random" {
