@@ -309,3 +309,35 @@ fn cli_exports_untrained_and_reports_a_bad_checkpoint() {
     assert!(err.contains("best.safetensors"), "{err}");
     assert!(!tmp.path().join("bad").exists());
 }
+
+#[test]
+fn cli_refuses_untrained_options_and_bad_log_filters() {
+    let exe = env!("CARGO_BIN_EXE_fabric-train");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    fake_run(&run);
+    for extra in [
+        ["--backbone", "resnet34"],
+        ["--seed", "3"],
+        ["--size", "64"],
+    ] {
+        let res = std::process::Command::new(exe)
+            .args(["--log", "error", "export", "--checkpoint"])
+            .arg(&run)
+            .args(extra)
+            .arg("--out")
+            .arg(tmp.path().join("m"))
+            .output()
+            .unwrap();
+        assert_eq!(res.status.code(), Some(2), "{extra:?}");
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(err.contains("cannot be used with"), "{extra:?}: {err}");
+    }
+    let res = std::process::Command::new(exe)
+        .args(["--log", "loud", "summary"])
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("not a log filter"));
+    assert!(!tmp.path().join("m").exists());
+}
